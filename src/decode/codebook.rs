@@ -1,0 +1,150 @@
+//! The codebook object: code vectors plus the derived tensors that nearest-code search needs,
+//! computed once.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{ensure_finite, ensure_ids_in, expect_dims, expect_non_empty};
+use crate::error::{Error, Result};
+
+/// The distance a vector quantizer uses to pick a code.
+///
+/// LVM's VQGAN (open-MUSE `vqgan-f16-8192-laion`) uses plain squared L2 on unnormalised codes
+/// (`models-and-formats.md` §1.3); LlamaGen-style tokenizers use cosine (l2-normalised codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Metric {
+    /// `‖e − c‖²`, the nearest code minimises it.
+    #[default]
+    SquaredL2,
+    /// `1 − cos(e, c)`, the nearest code maximises the cosine similarity.
+    Cosine,
+}
+
+/// Norms below this are treated as this when normalising (zero vectors stay finite).
+pub(crate) const NORM_EPS: f64 = 1e-12;
+
+/// A codebook `[K, D]` with the search tensors derived once, so repeated decoding does not
+/// recompute norms or normalised copies.
+///
+/// ```
+/// use ar_refine::{Codebook, Metric};
+/// use burn::backend::NdArray;
+/// use burn::tensor::Tensor;
+/// let device = Default::default();
+/// let codes = Tensor::<NdArray, 2>::from_floats([[0.0, 0.0], [1.0, 1.0], [4.0, 0.0]], &device);
+/// let book = Codebook::new(codes, Metric::SquaredL2).unwrap();
+/// assert_eq!((book.size(), book.dim()), (3, 2));
+/// let q = Tensor::<NdArray, 3>::from_floats([[[0.9, 1.2], [3.0, 0.1]]], &device);
+/// let ids = book.nearest(q).unwrap();
+/// assert_eq!(ids.into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 2]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Codebook<B: Backend> {
+    codes: Tensor<B, 2>,
+    /// `[D, K]`: the codes (L2) or the unit-normalised codes (cosine), transposed for matmul.
+    search_t: Tensor<B, 2>,
+    /// `[1, K]`: `‖c‖²` for L2; unused for cosine.
+    sq_norms: Tensor<B, 2>,
+    metric: Metric,
+    memory_budget: usize,
+}
+
+/// Default bound on the temporary distance block of the tensor-op search: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+impl<B: Backend> Codebook<B> {
+    /// Wraps `codes` `[K, D]`. Fails on an empty or non-finite codebook.
+    pub fn new(codes: Tensor<B, 2>, metric: Metric) -> Result<Self> {
+        let dims = codes.dims();
+        expect_non_empty("codebook", "[K, D]", &dims)?;
+        if dims[0] > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "codebook of {} codes is too large",
+                dims[0]
+            )));
+        }
+        ensure_finite(&codes, "codebook")?;
+        let sq_norms = codes.clone().powi_scalar(2).sum_dim(1); // [K, 1]
+        let search = match metric {
+            Metric::SquaredL2 => codes.clone(),
+            Metric::Cosine => codes.clone() / sq_norms.clone().sqrt().clamp_min(NORM_EPS),
+        };
+        Ok(Self {
+            search_t: search.transpose(),
+            sq_norms: sq_norms.transpose(),
+            codes,
+            metric,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        })
+    }
+
+    /// Sets the bound, in bytes, on the temporary distance block the tensor-op search allocates
+    /// (queries are processed in chunks that fit). At least one query row is always processed.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes.max(1);
+        self
+    }
+
+    /// Number of codes `K`.
+    pub fn size(&self) -> usize {
+        self.codes.dims()[0]
+    }
+
+    /// Code dimension `D`.
+    pub fn dim(&self) -> usize {
+        self.codes.dims()[1]
+    }
+
+    /// The metric the search uses.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The code vectors `[K, D]`, as given.
+    pub fn codes(&self) -> &Tensor<B, 2> {
+        &self.codes
+    }
+
+    /// The device the codebook lives on.
+    pub fn device(&self) -> B::Device {
+        self.codes.device()
+    }
+
+    /// Looks up the code vectors of `tokens` `[b, n]` (code ids in `0..K`): `[b, n, D]`.
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
+        let [b, n] = tokens.dims();
+        expect_non_empty("embed tokens", "[b, n]", &[b, n])?;
+        ensure_ids_in(&tokens, 0..self.size() as i64, "embed tokens")?;
+        let flat = tokens.reshape([b * n]);
+        Ok(self.codes.clone().select(0, flat).reshape([b, n, self.dim()]))
+    }
+
+    /// The nearest code of every embedding: `embeddings` `[b, n, D]` → ids `[b, n]`.
+    ///
+    /// Exact ties resolve to the lowest index. Non-finite input gives [`Error::NonFinite`].
+    pub fn nearest(&self, embeddings: Tensor<B, 3>) -> Result<Tensor<B, 2, Int>> {
+        let [b, n, d] = embeddings.dims();
+        expect_dims(
+            "nearest_codes embeddings",
+            &format!("[b, n, {}]", self.dim()),
+            &[b, n, d],
+            &[None, None, Some(self.dim())],
+        )?;
+        expect_non_empty("nearest_codes embeddings", "[b, n, D]", &[b, n, d])?;
+        ensure_finite(&embeddings, "nearest_codes embeddings")?;
+        let ids = super::reference::nearest_rows(self, embeddings.reshape([b * n, d]));
+        Ok(ids.reshape([b, n]))
+    }
+
+    pub(crate) fn search_t(&self) -> &Tensor<B, 2> {
+        &self.search_t
+    }
+
+    pub(crate) fn sq_norms(&self) -> &Tensor<B, 2> {
+        &self.sq_norms
+    }
+
+    pub(crate) fn memory_budget(&self) -> usize {
+        self.memory_budget
+    }
+}

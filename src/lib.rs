@@ -1,0 +1,43 @@
+//! # ar-refine
+//!
+//! Visual self-refinement for autoregressive (AR) image models, after Wang et al.,
+//! *Visual Self-Refinement for Autoregressive Models* (EMNLP 2025 Findings, arXiv 2510.00993).
+//!
+//! An AR model such as LVM generates an image's VQ tokens one by one, so early mistakes
+//! accumulate. Keeping the backbone frozen, a small bidirectional transformer (the refiner)
+//! maps the code embeddings of all generated tokens `[b, n, D]` to refined embeddings, trained
+//! with a cosine-distance loss against the ground truth's embeddings; at inference each refined
+//! embedding snaps to its nearest codebook entry and the tokenizer decodes the image.
+//!
+//! ```text
+//! prompt images ──Tokenizer::encode──▶ visual sentence ──ArBackbone::generate──▶ tokens [b,n]
+//!   tokens ──Tokenizer::embed──▶ e [b,n,D] ──Refiner::refine──▶ e' [b,n,D]
+//!   e' ──nearest_codes(codebook [K,D])──▶ tokens' [b,n] ──Tokenizer::decode──▶ image [b,3,H,W]
+//! ```
+//!
+//! - Plug-in traits: [`Tokenizer`], [`ArBackbone`], [`Refiner`] (in [`traits`]).
+//! - Built-ins: [`TransformerRefiner`], [`cosine_loss`], [`nearest_codes`] / [`Codebook`],
+//!   [`SelfRefinement`].
+//! - Every public function returns [`Result`] with the one [`Error`] type.
+//!
+//! Backends: any Burn 0.21 backend; the crate's features `ndarray` (default), `wgpu`, `cuda`
+//! enable Burn's backends of the same names.
+
+pub mod backbone;
+pub(crate) mod checks;
+pub mod decode;
+pub mod error;
+pub mod io;
+pub mod pipeline;
+pub mod refiner;
+pub mod rng;
+pub mod train;
+pub mod traits;
+
+pub use backbone::{generate_by_forward, Sampling};
+pub use decode::{nearest_codes, Codebook, Metric, DEFAULT_MEMORY_BUDGET};
+pub use error::{Error, Result};
+pub use pipeline::{RefinementOutput, SelfRefinement};
+pub use refiner::{PositionEncoding, TransformerRefiner, TransformerRefinerConfig};
+pub use train::{cosine_loss, RefinementLoss};
+pub use traits::{ArBackbone, ForwardOutput, Refiner, TokenGrid, Tokenizer};

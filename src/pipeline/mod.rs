@@ -1,0 +1,161 @@
+//! The self-refinement pipeline: prompt → backbone → embeddings → refiner → nearest codes →
+//! images.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::backbone::Sampling;
+use crate::checks::{ensure_finite, ensure_ids_in, expect_dims};
+use crate::error::{Error, Result};
+use crate::traits::{ArBackbone, Refiner, Tokenizer};
+
+/// What one pipeline run returns: the backbone's output and the refined output side by side.
+#[derive(Clone, Debug)]
+pub struct RefinementOutput<B: Backend> {
+    /// Code ids the backbone generated `[b, n]` (codebook ids, `0..K`).
+    pub generated_tokens: Tensor<B, 2, Int>,
+    /// Code ids after refinement and nearest-code decoding `[b, n]`.
+    pub refined_tokens: Tensor<B, 2, Int>,
+    /// The refiner's continuous output `[b, n, D]`.
+    pub refined_embeddings: Tensor<B, 3>,
+    /// `generated_tokens` decoded `[b, 3, H, W]`.
+    pub generated_images: Tensor<B, 4>,
+    /// `refined_tokens` decoded `[b, 3, H, W]`.
+    pub refined_images: Tensor<B, 4>,
+}
+
+/// Visual self-refinement around a frozen backbone (Wang et al., 2025, Fig. 1).
+///
+/// The backbone generates one image's tokens after the prompt; their code embeddings go
+/// through the refiner; each refined embedding snaps to its nearest code; the tokenizer decodes
+/// both token sets. Components are borrowed as trait objects, so they can be chosen at run time.
+///
+/// ```ignore
+/// let pipeline = SelfRefinement::new(&backbone, &tokenizer, &refiner)?
+///     .with_sampling(Sampling::greedy());
+/// // [x1, y1, x2, y2, query], each [b, 3, H, W]:
+/// let out = pipeline.run_images(&[x1, y1, x2, y2, query])?;
+/// save_image(out.refined_images.slice([0..1]).squeeze(0), "refined.png")?;
+/// ```
+/// (A complete, runnable program: `examples/custom_backbone.rs`.)
+pub struct SelfRefinement<'m, B: Backend> {
+    backbone: &'m dyn ArBackbone<B>,
+    tokenizer: &'m dyn Tokenizer<B>,
+    refiner: &'m dyn Refiner<B>,
+    sampling: Sampling,
+}
+
+impl<'m, B: Backend> SelfRefinement<'m, B> {
+    /// Assembles the pipeline. Fails when the backbone's image-token range does not have
+    /// exactly one id per code of the tokenizer's codebook.
+    pub fn new(
+        backbone: &'m dyn ArBackbone<B>,
+        tokenizer: &'m dyn Tokenizer<B>,
+        refiner: &'m dyn Refiner<B>,
+    ) -> Result<Self> {
+        let ids = backbone.image_token_ids();
+        if ids.len() != tokenizer.codebook_size() || ids.end > backbone.vocab_size() {
+            return Err(Error::Config(format!(
+                "backbone image-token ids {ids:?} (vocabulary {}) do not match the tokenizer's {} codes",
+                backbone.vocab_size(),
+                tokenizer.codebook_size()
+            )));
+        }
+        Ok(Self {
+            backbone,
+            tokenizer,
+            refiner,
+            sampling: Sampling::greedy(),
+        })
+    }
+
+    /// Sets how the backbone samples (default: greedy).
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Tokenizes images and concatenates them into one visual sentence of vocabulary ids
+    /// `[b, len(images) * n]`: the LVM prompt format (256-token blocks, no separators).
+    ///
+    /// Each image is `[b, 3, H, W]` at the tokenizer's size, values in `[0, 1]`.
+    pub fn visual_sentence(&self, images: &[Tensor<B, 4>]) -> Result<Tensor<B, 2, Int>> {
+        let (h, w) = self.tokenizer.image_size();
+        let first = images
+            .first()
+            .ok_or_else(|| Error::Config("a visual sentence needs at least one image".into()))?;
+        let b = first.dims()[0];
+        let offset = self.backbone.image_token_ids().start as i64;
+        let mut blocks = Vec::with_capacity(images.len());
+        for (i, img) in images.iter().enumerate() {
+            let what = format!("visual sentence image {i}");
+            expect_dims(
+                &what,
+                &format!("[{b}, 3, {h}, {w}]"),
+                &img.dims(),
+                &[Some(b), Some(3), Some(h), Some(w)],
+            )?;
+            ensure_finite(img, &what)?;
+            let codes = self.tokenizer.encode(img.clone())?;
+            let n = self.tokenizer.grid().len();
+            expect_dims(
+                "tokenizer encode output",
+                &format!("[{b}, {n}]"),
+                &codes.dims(),
+                &[Some(b), Some(n)],
+            )?;
+            blocks.push(codes.add_scalar(offset));
+        }
+        Ok(Tensor::cat(blocks, 1))
+    }
+
+    /// Refines code ids `[b, n]` (`n` = the tokenizer's grid): returns the refined ids `[b, n]`
+    /// and the refined embeddings `[b, n, D]`.
+    pub fn refine_codes(&self, codes: Tensor<B, 2, Int>) -> Result<(Tensor<B, 2, Int>, Tensor<B, 3>)> {
+        let grid = self.tokenizer.grid();
+        expect_dims(
+            "codes to refine",
+            &format!("[b, {}]", grid.len()),
+            &codes.dims(),
+            &[None, Some(grid.len())],
+        )?;
+        let embeddings = self.tokenizer.embed(codes)?;
+        let refined = self.refiner.refine(embeddings, grid)?;
+        let ids = self.tokenizer.codebook().nearest(refined.clone())?;
+        Ok((ids, refined))
+    }
+
+    /// Runs the whole pipeline on a prompt of vocabulary ids `[b, p]`.
+    pub fn run_tokens(&self, prompt: Tensor<B, 2, Int>) -> Result<RefinementOutput<B>> {
+        let n = self.tokenizer.grid().len();
+        let ids = self.backbone.image_token_ids();
+        let generated = self.backbone.generate(prompt, n, &self.sampling)?;
+        let b = generated.dims()[0];
+        expect_dims(
+            "backbone generate output",
+            &format!("[{b}, {n}]"),
+            &generated.dims(),
+            &[None, Some(n)],
+        )?;
+        ensure_ids_in(
+            &generated,
+            ids.start as i64..ids.end as i64,
+            "generated tokens (image-token ids)",
+        )?;
+        let generated_tokens = generated.sub_scalar(ids.start as i64);
+        let (refined_tokens, refined_embeddings) = self.refine_codes(generated_tokens.clone())?;
+        Ok(RefinementOutput {
+            generated_images: self.tokenizer.decode(generated_tokens.clone())?,
+            refined_images: self.tokenizer.decode(refined_tokens.clone())?,
+            generated_tokens,
+            refined_tokens,
+            refined_embeddings,
+        })
+    }
+
+    /// Runs the whole pipeline on images `[x_1, y_1, …, x_K, y_K, query]` (each
+    /// `[b, 3, H, W]`): the K demonstration pairs and the query of analogy prompting.
+    pub fn run_images(&self, images: &[Tensor<B, 4>]) -> Result<RefinementOutput<B>> {
+        let prompt = self.visual_sentence(images)?;
+        self.run_tokens(prompt)
+    }
+}

@@ -1,0 +1,79 @@
+//! Image files: round trips, atomic writes, typed errors.
+
+mod common;
+
+use ar_refine::io::{load_image, save_image, save_image_grid, write_atomic};
+use ar_refine::Error;
+use burn::backend::NdArray;
+use common::{tensor, to_vec, uniform_vec, SplitMix64};
+
+type B = NdArray;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ar_refine_io_{name}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn png_round_trip_is_exact_to_8_bits() {
+    let device = Default::default();
+    let mut rng = SplitMix64::new(11);
+    let v: Vec<f32> = uniform_vec(&mut rng, 3 * 5 * 7)
+        .iter()
+        .map(|x| ((x + 1.0) * 127.5).round() / 255.0)
+        .collect();
+    let dir = temp_dir("png");
+    let path = dir.join("img.png");
+    save_image(tensor::<B, 3>(v.clone(), [3, 5, 7], &device), &path).unwrap();
+    let back = to_vec(load_image::<B>(&path, (5, 7), &device).unwrap());
+    assert!(v.iter().zip(&back).all(|(a, b)| (a - b).abs() < 1e-6));
+    // Loading at another size resizes.
+    assert_eq!(
+        load_image::<B>(&path, (10, 14), &device).unwrap().dims(),
+        [3, 10, 14]
+    );
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn grid_has_the_expected_size() {
+    let device = Default::default();
+    let dir = temp_dir("grid");
+    let imgs = (0..5)
+        .map(|_| tensor::<B, 3>(vec![0.5; 3 * 4 * 6], [3, 4, 6], &device))
+        .collect();
+    save_image_grid(imgs, 2, dir.join("g.png")).unwrap();
+    let img = image::open(dir.join("g.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (2 * (6 + 2) + 2, 3 * (4 + 2) + 2));
+}
+
+#[test]
+fn bad_files_give_typed_errors() {
+    let device = Default::default();
+    let dir = temp_dir("bad");
+    let missing = load_image::<B>(dir.join("nope.png"), (4, 4), &device).unwrap_err();
+    assert!(matches!(missing, Error::Io { .. }), "{missing}");
+    write_atomic(dir.join("corrupt.png"), b"\x89PNG not really").unwrap();
+    let corrupt = load_image::<B>(dir.join("corrupt.png"), (4, 4), &device).unwrap_err();
+    assert!(matches!(corrupt, Error::Image { .. }), "{corrupt}");
+    let t = tensor::<B, 3>(vec![0.0; 12], [3, 2, 2], &device);
+    assert!(matches!(
+        save_image(t.clone(), dir.join("x.unknownext")),
+        Err(Error::Image { .. })
+    ));
+    let wrong = tensor::<B, 3>(vec![0.0; 8], [2, 2, 2], &device);
+    assert!(matches!(
+        save_image(wrong, dir.join("x.png")),
+        Err(Error::Shape { .. })
+    ));
+    // A failed write keeps the existing file intact.
+    std::fs::write(dir.join("keep.png"), b"old").unwrap();
+    assert!(write_atomic(dir.join("no_such_dir/keep.png"), b"new").is_err());
+    assert_eq!(std::fs::read(dir.join("keep.png")).unwrap(), b"old");
+}
