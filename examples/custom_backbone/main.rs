@@ -10,7 +10,8 @@
 //! 2. The backbone is trained briefly on colorization sentences `[gray_1, colour_1, gray_q,
 //!    colour_q]`, then frozen.
 //! 3. Its greedy outputs on training prompts and the ground truth form refiner training pairs;
-//!    the built-in `TransformerRefiner` is trained with `cosine_loss`.
+//!    the built-in `TransformerRefiner` is trained with the cosine distance plus a small MSE
+//!    term (`RefinementLoss`).
 //! 4. `SelfRefinement` runs on held-out prompts; token accuracy and PSNR of the backbone
 //!    alone and refined are printed, and `comparison.png` (query | backbone | refined | truth)
 //!    is written.
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 
 use ar_refine::io::save_image_grid;
 use ar_refine::{
-    cosine_loss, Refiner, Result, Sampling, SelfRefinement, TokenGrid, Tokenizer, TransformerRefinerConfig,
+    RefinementLoss, Refiner, Result, Sampling, SelfRefinement, TokenGrid, Tokenizer, TransformerRefinerConfig,
 };
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
@@ -47,7 +48,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         data: std::env::var_os("AR_REFINE_DATA").map(PathBuf::from),
-        steps: 300,
+        steps: 200,
         out: PathBuf::from("target/custom_backbone"),
     };
     let mut it = std::env::args().skip(1);
@@ -133,7 +134,7 @@ fn accuracy(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> f32 {
 fn main() -> Result<()> {
     let args = parse_args();
     let device = Default::default();
-    let (n_train, n_eval) = (384, 64);
+    let (n_train, n_eval) = (256, 32);
     let colour = load_images(args.data.as_ref(), n_train + n_eval, &device);
     let query_x = gray(colour.clone());
 
@@ -181,7 +182,7 @@ fn main() -> Result<()> {
     let mut lm = TinyCausalLm::<AD>::new(tok.codebook_size(), 4 * n, 64, 2, &device);
     let mut opt = AdamWConfig::new().init();
     let ce = CrossEntropyLossConfig::new().init(&device);
-    let batch = 32;
+    let batch = 16;
     for step in 0..args.steps {
         let start = (step * batch) % n_train;
         let seq =
@@ -206,7 +207,7 @@ fn main() -> Result<()> {
         let prompt = seq.clone().narrow(1, 0, prompt_len);
         Ok(ar_refine::ArBackbone::generate(&lm, prompt, n, &sampling)?.sub_scalar(SPECIALS as i64))
     };
-    let pair_count = 256;
+    let pair_count = 128;
     let generated = gen_codes(&train_seq.clone().narrow(0, 0, pair_count))?;
     let truth = train_seq
         .clone()
@@ -236,12 +237,11 @@ fn main() -> Result<()> {
         let g = Tensor::<AD, 2, Int>::from_inner(generated.clone().narrow(0, start, take));
         let t = Tensor::<AD, 2, Int>::from_inner(truth.clone().narrow(0, start, take));
         let pred = refiner.refine(book_ad.embed(g)?, grid)?;
-        let loss = cosine_loss(pred, book_ad.embed(t)?, None)?;
+        // The paper's cosine distance, plus a small MSE term that keeps the refined vectors'
+        // norms near the codes' (the snap back to the codebook is by squared L2).
+        let loss = RefinementLoss { mse_weight: 0.5 }.forward(pred, book_ad.embed(t)?, None)?;
         if step % 50 == 0 || step + 1 == args.steps {
-            println!(
-                "refiner step {step:4}: cosine loss {:.4}",
-                loss.clone().into_scalar()
-            );
+            println!("refiner step {step:4}: loss {:.4}", loss.clone().into_scalar());
         }
         let grads = GradientsParams::from_grads(loss.backward(), &refiner);
         refiner = opt.step(1e-3, refiner, grads);

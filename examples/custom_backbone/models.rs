@@ -44,11 +44,14 @@ impl<B: Backend> PatchTokenizer<B> {
     }
 }
 
-/// `[b, 3, S, S]` → `[b, (S/p)², 3p²]`, patches in raster order.
+/// `[b, 3, S, S]` in `[0, 1]` → `[b, (S/p)², 3p²]` centred on 0 (pixel − 0.5), patches in
+/// raster order. Centring keeps the codes spread in direction, which a cosine-trained refiner
+/// needs (all-positive patch vectors would all be nearly parallel).
 pub fn to_patches<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
     let [b, c, h, w] = images.dims();
     let (gh, gw) = (h / p, w / p);
     images
+        .sub_scalar(0.5)
         .reshape([b, c, gh, p, gw, p])
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, gh * gw, c * p * p])
@@ -74,7 +77,8 @@ impl<B: Backend> Tokenizer<B> for PatchTokenizer<B> {
             .embed(tokens)?
             .reshape([b, g, g, 3, p, p])
             .permute([0, 3, 1, 4, 2, 5])
-            .reshape([b, 3, self.size, self.size]))
+            .reshape([b, 3, self.size, self.size])
+            .add_scalar(0.5))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The codebook object: code vectors plus the derived tensors that nearest-code search needs,
 //! computed once.
 
+#[cfg(feature = "cubecl")]
+use burn::tensor::DType;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +43,13 @@ pub(crate) const NORM_EPS: f64 = 1e-12;
 #[derive(Clone, Debug)]
 pub struct Codebook<B: Backend> {
     codes: Tensor<B, 2>,
-    /// `[D, K]`: the codes (L2) or the unit-normalised codes (cosine), transposed for matmul.
-    search_t: Tensor<B, 2>,
+    /// `[K, D]`: the codes (L2) or the unit-normalised codes (cosine).
+    search: Tensor<B, 2>,
     /// `[1, K]`: `‖c‖²` for L2; unused for cosine.
     sq_norms: Tensor<B, 2>,
+    /// `[K]` in f32: the kernel's per-code bias (`‖c‖²` from f32 codes for L2, zeros for cosine).
+    #[cfg(feature = "cubecl")]
+    kernel_bias: Tensor<B, 1>,
     metric: Metric,
     memory_budget: usize,
 }
@@ -69,8 +74,20 @@ impl<B: Backend> Codebook<B> {
             Metric::SquaredL2 => codes.clone(),
             Metric::Cosine => codes.clone() / sq_norms.clone().sqrt().clamp_min(NORM_EPS),
         };
+        #[cfg(feature = "cubecl")]
+        let kernel_bias = match metric {
+            Metric::SquaredL2 => codes
+                .clone()
+                .cast(DType::F32)
+                .powi_scalar(2)
+                .sum_dim(1)
+                .reshape([dims[0]]),
+            Metric::Cosine => Tensor::zeros([dims[0]], (&codes.device(), DType::F32)),
+        };
         Ok(Self {
-            search_t: search.transpose(),
+            search,
+            #[cfg(feature = "cubecl")]
+            kernel_bias,
             sq_norms: sq_norms.transpose(),
             codes,
             metric,
@@ -121,8 +138,58 @@ impl<B: Backend> Codebook<B> {
 
     /// The nearest code of every embedding: `embeddings` `[b, n, D]` → ids `[b, n]`.
     ///
-    /// Exact ties resolve to the lowest index. Non-finite input gives [`Error::NonFinite`].
+    /// On Burn's CubeCL backends (features `wgpu`, `cuda`, also under `Autodiff`) this runs the
+    /// fused kernel of `decode::cube`; elsewhere the chunked tensor-op search. Exact ties
+    /// resolve to the lowest index. Non-finite input gives [`Error::NonFinite`].
     pub fn nearest(&self, embeddings: Tensor<B, 3>) -> Result<Tensor<B, 2, Int>> {
+        let (q, [b, n]) = self.validated_rows(embeddings)?;
+        #[cfg(feature = "cubecl")]
+        let q = match super::cube::dispatch(q, &self.search, &self.kernel_bias, self.kernel_alpha()) {
+            Ok(ids) => return Ok(ids.reshape([b, n])),
+            Err(q) => q,
+        };
+        Ok(super::reference::nearest_rows(self, q).reshape([b, n]))
+    }
+
+    /// [`nearest`](Self::nearest) through the tensor-op search on every backend (the
+    /// reference the kernel is tested and benchmarked against).
+    pub fn nearest_reference(&self, embeddings: Tensor<B, 3>) -> Result<Tensor<B, 2, Int>> {
+        let (q, [b, n]) = self.validated_rows(embeddings)?;
+        Ok(super::reference::nearest_rows(self, q).reshape([b, n]))
+    }
+
+    /// [`nearest`](Self::nearest) through the fused kernel with an explicit tiling, for
+    /// backends that have it.
+    #[cfg(feature = "cubecl")]
+    pub fn nearest_kernel(
+        &self,
+        embeddings: Tensor<B, 3>,
+        tiling: Option<super::cube::Tiling>,
+    ) -> Result<Tensor<B, 2, Int>>
+    where
+        B: super::cube::NearestCodeBackend,
+    {
+        let (q, [b, n]) = self.validated_rows(embeddings)?;
+        let ids = B::nearest_code_ids(
+            q,
+            self.search.clone(),
+            self.kernel_bias.clone(),
+            self.kernel_alpha(),
+            tiling,
+        );
+        Ok(ids.reshape([b, n]))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn kernel_alpha(&self) -> f32 {
+        match self.metric {
+            Metric::SquaredL2 => -2.0,
+            Metric::Cosine => -1.0,
+        }
+    }
+
+    /// Checks `embeddings` `[b, n, D]` and flattens it to `[b * n, D]`.
+    fn validated_rows(&self, embeddings: Tensor<B, 3>) -> Result<(Tensor<B, 2>, [usize; 2])> {
         let [b, n, d] = embeddings.dims();
         expect_dims(
             "nearest_codes embeddings",
@@ -132,12 +199,11 @@ impl<B: Backend> Codebook<B> {
         )?;
         expect_non_empty("nearest_codes embeddings", "[b, n, D]", &[b, n, d])?;
         ensure_finite(&embeddings, "nearest_codes embeddings")?;
-        let ids = super::reference::nearest_rows(self, embeddings.reshape([b * n, d]));
-        Ok(ids.reshape([b, n]))
+        Ok((embeddings.reshape([b * n, d]), [b, n]))
     }
 
-    pub(crate) fn search_t(&self) -> &Tensor<B, 2> {
-        &self.search_t
+    pub(crate) fn search(&self) -> &Tensor<B, 2> {
+        &self.search
     }
 
     pub(crate) fn sq_norms(&self) -> &Tensor<B, 2> {

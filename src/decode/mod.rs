@@ -1,9 +1,13 @@
 //! Nearest-neighbour decoding: refined embeddings → codebook ids.
 //!
 //! [`nearest_codes`] is the entry point; [`Codebook`] caches the per-codebook work so that
-//! repeated decoding (the common case: one tokenizer, many images) does not redo it.
+//! repeated decoding (the common case: one tokenizer, many images) does not redo it. With the
+//! `wgpu` or `cuda` feature, `cube` holds the fused GPU kernel that `Codebook::nearest` uses on
+//! those backends.
 
 mod codebook;
+#[cfg(feature = "cubecl")]
+pub mod cube;
 mod reference;
 
 pub use codebook::{Codebook, Metric, DEFAULT_MEMORY_BUDGET};

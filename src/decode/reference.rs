@@ -22,16 +22,17 @@ pub(crate) fn nearest_rows<B: Backend>(book: &Codebook<B>, queries: Tensor<B, 2>
     // Candidate ids [1, K]; non-minimal entries are replaced by K so that the int minimum is the
     // lowest index among the exact minima, whatever the backend's argmin does with ties.
     let ids = Tensor::<B, 1, Int>::arange(0..k as i64, &device).reshape([1, k]);
+    let search_t = book.search().clone().transpose(); // [D, K]
     let mut out = Vec::with_capacity(n.div_ceil(rows));
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
         let q = queries.clone().narrow(0, start, len);
         let scores = match book.metric() {
-            Metric::SquaredL2 => book.sq_norms().clone() - q.matmul(book.search_t().clone()).mul_scalar(2.0),
+            Metric::SquaredL2 => book.sq_norms().clone() - q.matmul(search_t.clone()).mul_scalar(2.0),
             Metric::Cosine => {
                 let norm = q.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(NORM_EPS);
-                (q / norm).matmul(book.search_t().clone()).neg()
+                (q / norm).matmul(search_t.clone()).neg()
             }
         };
         let best = scores.clone().min_dim(1); // [len, 1]
