@@ -42,18 +42,31 @@ fn data<B: Backend>(n: usize, k: usize, d: usize, device: &B::Device) -> (Tensor
     (q, book)
 }
 
+/// Benchmarks `run` (one search of every query) at every shape, as `label/method/shape`.
+fn shapes_with<B: Backend>(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    method: &str,
+    device: &B::Device,
+    run: impl Fn(&Codebook<B>, Tensor<B, 3>) -> TensorData,
+) {
+    for (name, n, k, d) in shapes() {
+        let (q, book) = data::<B>(n, k, d, device);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("{label}/{method}/{name}"), |b| {
+            b.iter(|| run(&book, q.clone()))
+        });
+    }
+}
+
 fn reference<B: Backend>(
     g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     label: &str,
     device: &B::Device,
 ) {
-    for (name, n, k, d) in shapes() {
-        let (q, book) = data::<B>(n, k, d, device);
-        g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("{label}/reference/{name}"), |b| {
-            b.iter(|| book.nearest_reference(q.clone()).unwrap().into_data())
-        });
-    }
+    shapes_with::<B>(g, label, "reference", device, |book, q| {
+        book.nearest_reference(q).unwrap().into_data()
+    });
 }
 
 #[cfg(feature = "cubecl")]
@@ -62,13 +75,9 @@ fn kernel<B: ar_refine::decode::cube::NearestCodeBackend>(
     label: &str,
     device: &B::Device,
 ) {
-    for (name, n, k, d) in shapes() {
-        let (q, book) = data::<B>(n, k, d, device);
-        g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("{label}/kernel/{name}"), |b| {
-            b.iter(|| book.nearest_kernel(q.clone(), None).unwrap().into_data())
-        });
-    }
+    shapes_with::<B>(g, label, "kernel", device, |book, q| {
+        book.nearest_kernel(q, None).unwrap().into_data()
+    });
 }
 
 fn bench(c: &mut Criterion) {

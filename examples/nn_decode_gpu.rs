@@ -97,11 +97,11 @@ fn main() {
 
         let mut tilings: Vec<(String, Tiling)> = vec![("kernel_default".into(), default_tiling(d))];
         for (tq, tk, rq, rk, dt) in [
-            (16, 16, 8, 8, 8),
+            (16, 16, 8, 4, 8),
             (16, 16, 8, 8, 4),
-            (16, 16, 8, 8, 16),
-            (32, 8, 4, 8, 8),
-            (16, 16, 8, 4, 4),
+            (16, 8, 8, 16, 8),
+            (8, 16, 16, 8, 8),
+            (8, 32, 8, 8, 8),
         ] {
             let t = Tiling {
                 tq,

@@ -9,63 +9,6 @@ use ar_refine::{Codebook, Metric};
 use burn::tensor::{Tensor, TensorData};
 use common::{uniform_vec, SplitMix64};
 
-/// f64 score whose argmin is the nearest code.
-fn score(q: &[f64], c: &[f64], metric: Metric) -> f64 {
-    let dot: f64 = q.iter().zip(c).map(|(a, b)| a * b).sum();
-    let nq = q.iter().map(|a| a * a).sum::<f64>();
-    let nc = c.iter().map(|a| a * a).sum::<f64>();
-    match metric {
-        Metric::SquaredL2 => nq + nc - 2.0 * dot,
-        Metric::Cosine => 1.0 - dot / (nq.sqrt().max(1e-12) * nc.sqrt().max(1e-12)),
-    }
-}
-
-/// Checks up to `sample` evenly spaced queries; returns the near-tie flips accepted.
-fn check_sample(
-    q: &[f64],
-    c: &[f64],
-    d: usize,
-    metric: Metric,
-    got: &[i64],
-    sample: usize,
-    label: &str,
-) -> usize {
-    let n = q.len() / d;
-    let k = c.len() / d;
-    let u = f32::EPSILON as f64;
-    let max_c = c
-        .chunks(d)
-        .map(|r| r.iter().map(|a| a * a).sum::<f64>().sqrt())
-        .fold(0.0, f64::max);
-    let mut flips = 0;
-    let step = (n / sample.min(n)).max(1);
-    for i in (0..n).step_by(step) {
-        let qi = &q[i * d..(i + 1) * d];
-        let scores: Vec<f64> = c.chunks(d).map(|r| score(qi, r, metric)).collect();
-        let best = (0..k).fold(0, |b, j| if scores[j] < scores[b] { j } else { b });
-        let g = got[i];
-        assert!(
-            (0..k as i64).contains(&g),
-            "{label}: query {i}: id {g} out of 0..{k}"
-        );
-        if g as usize != best {
-            let nq = qi.iter().map(|a| a * a).sum::<f64>().sqrt();
-            let scale = match metric {
-                Metric::SquaredL2 => (nq + max_c).powi(2),
-                Metric::Cosine => 2.0,
-            };
-            let bound = 4.0 * (d as f64 + 2.0) * u * scale;
-            let gap = scores[g as usize] - scores[best];
-            assert!(
-                gap <= bound,
-                "{label}: query {i}: kernel {g}, brute force {best}, gap {gap:e} > bound {bound:e}"
-            );
-            flips += 1;
-        }
-    }
-    flips
-}
-
 fn run_shapes<B: NearestCodeBackend>(device: &B::Device, shapes: &[(usize, usize, usize)]) {
     let mut rng = SplitMix64::new(12);
     let mut flips = 0;
@@ -95,15 +38,9 @@ fn run_shapes<B: NearestCodeBackend>(device: &B::Device, shapes: &[(usize, usize
                     .nearest_kernel(qt.clone().reshape([1, n, d]), tiling)
                     .unwrap();
                 let got: Vec<i64> = ids.into_data().iter::<i64>().collect();
-                flips += check_sample(
-                    &q64,
-                    &c64,
-                    d,
-                    metric,
-                    &got,
-                    256,
-                    &format!("N={n} K={k} D={d} {metric:?} {tiling:?}"),
-                );
+                let label = format!("N={n} K={k} D={d} {metric:?} {tiling:?}");
+                // Brute force on about 256 evenly spaced queries.
+                flips += common::check_ids(&q64, &c64, d, metric, &got, n.div_ceil(256), &label);
             }
         }
     }

@@ -4,75 +4,19 @@ mod common;
 
 use ar_refine::{nearest_codes, Codebook, Error, Metric};
 use burn::tensor::{backend::Backend, Int, Tensor};
-use common::{tensor, uniform_vec, SplitMix64};
+use common::{tensor, uniform_vec, widen, SplitMix64};
 
-/// f64 score whose argmin is the nearest code: squared distance, or 1 − cosine.
-fn score(q: &[f32], c: &[f32], metric: Metric) -> f64 {
-    match metric {
-        Metric::SquaredL2 => q
-            .iter()
-            .zip(c)
-            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-            .sum(),
-        Metric::Cosine => {
-            let dot: f64 = q.iter().zip(c).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let nq = q
-                .iter()
-                .map(|a| (*a as f64).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            let nc = c
-                .iter()
-                .map(|a| (*a as f64).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            1.0 - dot / (nq * nc)
-        }
-    }
-}
-
-/// How far apart two candidates' f64 scores may be and still be swapped by f32 rounding of
-/// the reference formula (`‖c‖² − 2q·c`, or the dot product of unit vectors) for this query:
-/// a few units of roundoff of a length-D dot product, per candidate.
-fn rounding_bound(q: &[f32], codes: &[f32], d: usize, metric: Metric) -> f64 {
-    let u = f32::EPSILON as f64;
-    let max_c = codes
-        .chunks(d)
-        .map(|c| c.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt())
-        .fold(0.0, f64::max);
-    let nq = q.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-    let scale = match metric {
-        Metric::SquaredL2 => (nq + max_c).powi(2),
-        Metric::Cosine => 2.0,
-    };
-    4.0 * (d as f64 + 2.0) * u * scale
-}
-
-/// Checks `got` against brute force; returns how many near-tie flips were accepted.
+/// Tie-aware check of every query against brute force.
 fn check(queries: &[f32], codes: &[f32], d: usize, metric: Metric, got: &[i64]) -> usize {
-    let k = codes.len() / d;
-    let mut flips = 0;
-    for (i, q) in queries.chunks(d).enumerate() {
-        let scores: Vec<f64> = codes.chunks(d).map(|c| score(q, c, metric)).collect();
-        let best = (0..k).fold(0, |b, j| if scores[j] < scores[b] { j } else { b });
-        let g = got[i];
-        assert!((0..k as i64).contains(&g), "query {i}: id {g} out of 0..{k}");
-        let g = g as usize;
-        if g != best {
-            let gap = scores[g] - scores[best];
-            let bound = rounding_bound(q, codes, d, metric);
-            assert!(
-                gap <= bound,
-                "query {i}: got {g} (score {}), brute force {best} (score {}), gap {gap:e} > bound {bound:e}",
-                scores[g],
-                scores[best]
-            );
-            flips += 1;
-        }
-    }
-    flips
+    common::check_ids(
+        &widen(queries),
+        &widen(codes),
+        d,
+        metric,
+        got,
+        1,
+        &format!("{metric:?}"),
+    )
 }
 
 fn ids<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {

@@ -50,3 +50,69 @@ macro_rules! autodiff_tests {
         }
     };
 }
+
+use ar_refine::Metric;
+
+/// f64 score whose argmin is the nearest code: squared distance, or 1 − cosine.
+pub fn score_f64(q: &[f64], c: &[f64], metric: Metric) -> f64 {
+    match metric {
+        Metric::SquaredL2 => q.iter().zip(c).map(|(a, b)| (a - b).powi(2)).sum(),
+        Metric::Cosine => {
+            let dot: f64 = q.iter().zip(c).map(|(a, b)| a * b).sum();
+            let nq = q.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+            let nc = c.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12);
+            1.0 - dot / (nq * nc)
+        }
+    }
+}
+
+/// Checks ids `got` of every `step`-th query against a brute-force f64 search over `codes`
+/// (`[K, D]` row-major), tie-aware: a different id passes only when the two candidates' f64
+/// scores differ by less than what f32 rounding of `‖c‖² − 2q·c` (or of a unit-vector dot
+/// product) can flip for that query. Returns the near-tie flips accepted.
+pub fn check_ids(
+    queries: &[f64],
+    codes: &[f64],
+    d: usize,
+    metric: Metric,
+    got: &[i64],
+    step: usize,
+    label: &str,
+) -> usize {
+    let k = codes.len() / d;
+    let u = f32::EPSILON as f64;
+    let max_c = codes
+        .chunks(d)
+        .map(|r| r.iter().map(|a| a * a).sum::<f64>().sqrt())
+        .fold(0.0, f64::max);
+    let mut flips = 0;
+    for (i, q) in queries.chunks(d).enumerate().step_by(step.max(1)) {
+        let scores: Vec<f64> = codes.chunks(d).map(|c| score_f64(q, c, metric)).collect();
+        let best = (0..k).fold(0, |b, j| if scores[j] < scores[b] { j } else { b });
+        let g = got[i];
+        assert!(
+            (0..k as i64).contains(&g),
+            "{label}: query {i}: id {g} out of 0..{k}"
+        );
+        if g as usize != best {
+            let nq = q.iter().map(|a| a * a).sum::<f64>().sqrt();
+            let scale = match metric {
+                Metric::SquaredL2 => (nq + max_c).powi(2),
+                Metric::Cosine => 2.0,
+            };
+            let bound = 4.0 * (d as f64 + 2.0) * u * scale;
+            let gap = scores[g as usize] - scores[best];
+            assert!(
+                gap <= bound,
+                "{label}: query {i}: got {g}, brute force {best}, gap {gap:e} > bound {bound:e}"
+            );
+            flips += 1;
+        }
+    }
+    flips
+}
+
+/// `f32` values widened to `f64`.
+pub fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|x| *x as f64).collect()
+}
