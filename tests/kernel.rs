@@ -28,8 +28,8 @@ fn run_shapes<B: NearestCodeBackend>(device: &B::Device, shapes: &[(usize, usize
                 Some(Tiling {
                     tq: 4,
                     tk: 8,
-                    rq: 2,
-                    rk: 2,
+                    rq: 4,
+                    rk: 4,
                     dt: 4,
                 }),
             ];
@@ -109,6 +109,26 @@ mod wgpu {
     #[test]
     fn autodiff_routes_to_the_kernel() {
         super::run_shapes::<burn::backend::Autodiff<Wgpu>>(&Default::default(), &[(100, 50, 8)]);
+    }
+
+    #[test]
+    fn invalid_tiling_is_an_error() {
+        let device = Default::default();
+        let book = ar_refine::Codebook::new(
+            burn::tensor::Tensor::<Wgpu, 2>::zeros([4, 2], &device),
+            ar_refine::Metric::SquaredL2,
+        )
+        .unwrap();
+        let q = burn::tensor::Tensor::<Wgpu, 3>::zeros([1, 3, 2], &device);
+        let bad = ar_refine::decode::cube::Tiling {
+            tq: 4,
+            tk: 4,
+            rq: 3,
+            rk: 4,
+            dt: 2,
+        };
+        let err = book.nearest_kernel(q, Some(bad)).unwrap_err();
+        assert!(matches!(err, ar_refine::Error::Config(_)), "{err}");
     }
 
     #[test]

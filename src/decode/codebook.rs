@@ -169,6 +169,9 @@ impl<B: Backend> Codebook<B> {
     where
         B: super::cube::NearestCodeBackend,
     {
+        if let Some(t) = &tiling {
+            t.validate().map_err(Error::Config)?;
+        }
         let (q, [b, n]) = self.validated_rows(embeddings)?;
         let ids = B::nearest_code_ids(
             q,

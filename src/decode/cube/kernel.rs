@@ -24,9 +24,9 @@ pub struct Tiling {
     pub tq: usize,
     /// Units along codes per cube.
     pub tk: usize,
-    /// Queries per unit.
+    /// Queries per unit (a multiple of 4).
     pub rq: usize,
-    /// Codes per unit and code tile.
+    /// Codes per unit and code tile (a multiple of 4).
     pub rk: usize,
     /// Dimensions staged per step.
     pub dt: usize,
@@ -46,6 +46,18 @@ impl Tiling {
     /// Units per cube.
     pub fn units(&self) -> usize {
         self.tq * self.tk
+    }
+
+    /// Checks that every size is at least 1, that `rq` and `rk` are multiples of 4 (units read
+    /// 4 rows per shared-memory load) and that a cube has at most 1024 units.
+    pub fn validate(&self) -> Result<(), String> {
+        let sizes = [self.tq, self.tk, self.rq, self.rk, self.dt];
+        if sizes.contains(&0) || self.rq % 4 != 0 || self.rk % 4 != 0 || self.units() > 1024 {
+            return Err(format!(
+                "invalid tiling {self:?}: sizes must be >= 1, rq and rk multiples of 4, tq·tk <= 1024"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -84,8 +96,13 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
     }
 
     // Rows padded by one float so that the transposed stores of `stage` spread over banks.
-    let mut qs = SharedMemory::<f32>::new(dt * (bq + 1));
-    let mut cs = SharedMemory::<f32>::new(dt * (bk + 1));
+    // Shared tiles hold vectors of 4 consecutive rows at one dimension, `tile[dd][group]`, each
+    // dimension's row of groups padded by one vector so that the stores of `stage` spread over
+    // banks; a unit reads its 4-row groups with one 128-bit load each.
+    let gq = bq / 4;
+    let gk = bk / 4;
+    let mut qs = SharedMemory::<Vector<f32, Const<4>>>::new(dt * (gq + 1));
+    let mut cs = SharedMemory::<Vector<f32, Const<4>>>::new(dt * (gk + 1));
     let mut acc = Array::<f32>::new(rq * rk);
     let mut a = Array::<f32>::new(rq);
     let mut b = Array::<f32>::new(rk);
@@ -103,12 +120,12 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
     let d_tiles = d.div_ceil(dt);
     let k_tiles = (k_end - k_begin).div_ceil(bk);
     let steps = k_tiles * d_tiles;
-    let fq = (bq * dt).div_ceil(units);
-    let fc = (bk * dt).div_ceil(units);
-    let mut next_q = Array::<f32>::new(fq);
-    let mut next_c = Array::<f32>::new(fc);
-    fetch::<F>(queries, &mut next_q, q0, n, 0, d, bq, dt, units, unit);
-    fetch::<F>(codes, &mut next_c, k_begin, k_end, 0, d, bk, dt, units, unit);
+    let fq = (gq * dt).div_ceil(units);
+    let fc = (gk * dt).div_ceil(units);
+    let mut next_q = Array::<Vector<f32, Const<4>>>::new(fq);
+    let mut next_c = Array::<Vector<f32, Const<4>>>::new(fc);
+    fetch::<F>(queries, &mut next_q, q0, n, 0, d, gq, dt, units, unit);
+    fetch::<F>(codes, &mut next_c, k_begin, k_end, 0, d, gk, dt, units, unit);
     #[unroll]
     for x in 0..rq * rk {
         acc[x] = 0.0f32;
@@ -116,13 +133,13 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
     for step in 0..steps {
         let kt = step / d_tiles;
         let t = step % d_tiles;
-        stage(&mut qs, &next_q, bq, dt, units, unit);
-        stage(&mut cs, &next_c, bk, dt, units, unit);
+        stage(&mut qs, &next_q, gq, dt, units, unit);
+        stage(&mut cs, &next_c, gk, dt, units, unit);
         sync_cube();
         if step + 1 < steps {
             let nk = (step + 1) / d_tiles;
             let nd = ((step + 1) % d_tiles) * dt;
-            fetch::<F>(queries, &mut next_q, q0, n, nd, d, bq, dt, units, unit);
+            fetch::<F>(queries, &mut next_q, q0, n, nd, d, gq, dt, units, unit);
             fetch::<F>(
                 codes,
                 &mut next_c,
@@ -130,7 +147,7 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
                 k_end,
                 nd,
                 d,
-                bk,
+                gk,
                 dt,
                 units,
                 unit,
@@ -139,12 +156,20 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
         #[unroll]
         for dd in 0..dt {
             #[unroll]
-            for i in 0..rq {
-                a[i] = qs[dd * (bq + 1) + uq + i * tq];
+            for v in 0..rq / 4 {
+                let av = qs[dd * (gq + 1) + uq + v * tq];
+                #[unroll]
+                for x in 0..4usize {
+                    a[v * 4 + x] = av[x];
+                }
             }
             #[unroll]
-            for j in 0..rk {
-                b[j] = cs[dd * (bk + 1) + uk + j * tk];
+            for v in 0..rk / 4 {
+                let bv = cs[dd * (gk + 1) + uk + v * tk];
+                #[unroll]
+                for x in 0..4usize {
+                    b[v * 4 + x] = bv[x];
+                }
             }
             #[unroll]
             for i in 0..rq {
@@ -160,7 +185,7 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
             let k0 = k_begin + kt * bk;
             #[unroll]
             for j in 0..rk {
-                let kk = k0 + uk + j * tk;
+                let kk = k0 + 4 * (uk + (j / 4) * tk) + j % 4;
                 if kk < k_end {
                     let bias_k = bias[kk];
                     #[unroll]
@@ -185,7 +210,7 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
     let mut red_k = SharedMemory::<u32>::new(bq * tk);
     #[unroll]
     for i in 0..rq {
-        let qi = uq + i * tq;
+        let qi = 4 * (uq + (i / 4) * tq) + i % 4;
         red_s[qi * tk + uk] = best[i];
         red_k[qi * tk + uk] = best_k[i];
     }
@@ -212,52 +237,57 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
     }
 }
 
-/// Loads this unit's share of `src[row0 .. row0+rows, d0 .. d0+dt]` (zero outside
-/// `row_end` and `d`) into registers, element `e = step · units + unit` of the slice in row-major
-/// order.
+/// Loads this unit's share of `src[row0 .. row0 + 4·groups, d0 .. d0+dt]` (zero outside
+/// `row_end` and `d`) into registers as vectors of 4 consecutive rows at one dimension; slot
+/// `e = step · units + unit` is group `e / dt`, dimension `e % dt`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch<F: Float>(
     src: &Tensor<F>,
-    regs: &mut Array<f32>,
+    regs: &mut Array<Vector<f32, Const<4>>>,
     row0: usize,
     row_end: usize,
     d0: usize,
     d: usize,
-    #[comptime] rows: usize,
+    #[comptime] groups: usize,
     #[comptime] dt: usize,
     #[comptime] units: usize,
     unit: usize,
 ) {
     #[unroll]
-    for step in 0..(rows * dt).div_ceil(units) {
+    for step in 0..(groups * dt).div_ceil(units) {
         let e = step * units + unit;
-        let row = row0 + e / dt;
         let dd = d0 + e % dt;
-        let mut v = 0.0f32;
-        if e < rows * dt && row < row_end && dd < d {
-            v = f32::cast_from(src[row * d + dd]);
+        let mut v = Vector::<f32, Const<4>>::empty();
+        #[unroll]
+        for x in 0..4usize {
+            let row = row0 + 4 * (e / dt) + x;
+            let mut val = 0.0f32;
+            if e < groups * dt && row < row_end && dd < d {
+                val = f32::cast_from(src[row * d + dd]);
+            }
+            v[x] = val;
         }
         regs[step] = v;
     }
 }
 
-/// Stores the registers of [`fetch`] into shared memory transposed, as `tile[dd][row]` with
-/// rows of `rows + 1` floats.
+/// Stores the registers of [`fetch`] into shared memory as `tile[dd][group]`, rows of
+/// `groups + 1` vectors.
 #[cube]
 fn stage(
-    tile: &mut SharedMemory<f32>,
-    regs: &Array<f32>,
-    #[comptime] rows: usize,
+    tile: &mut SharedMemory<Vector<f32, Const<4>>>,
+    regs: &Array<Vector<f32, Const<4>>>,
+    #[comptime] groups: usize,
     #[comptime] dt: usize,
     #[comptime] units: usize,
     unit: usize,
 ) {
     #[unroll]
-    for step in 0..(rows * dt).div_ceil(units) {
+    for step in 0..(groups * dt).div_ceil(units) {
         let e = step * units + unit;
-        if e < rows * dt {
-            tile[(e % dt) * (rows + 1) + e / dt] = regs[step];
+        if e < groups * dt {
+            tile[(e % dt) * (groups + 1) + e / dt] = regs[step];
         }
     }
 }
