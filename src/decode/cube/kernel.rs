@@ -52,7 +52,11 @@ impl Tiling {
     /// 4 rows per shared-memory load) and that a cube has at most 1024 units.
     pub fn validate(&self) -> Result<(), String> {
         let sizes = [self.tq, self.tk, self.rq, self.rk, self.dt];
-        if sizes.contains(&0) || self.rq % 4 != 0 || self.rk % 4 != 0 || self.units() > 1024 {
+        if sizes.contains(&0)
+            || !self.rq.is_multiple_of(4)
+            || !self.rk.is_multiple_of(4)
+            || self.units() > 1024
+        {
             return Err(format!(
                 "invalid tiling {self:?}: sizes must be >= 1, rq and rk multiples of 4, tq·tk <= 1024"
             ));
