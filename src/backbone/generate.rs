@@ -47,14 +47,15 @@ pub fn generate_by_forward<B: Backend, M: ArBackbone<B> + ?Sized>(
     let device = prompt.device();
     let vocab = model.vocab_size();
     let allowed = model.image_token_ids();
-    let mut seq = read_i64(prompt)?; // row-major [b, len]
+    // One growing sequence per batch row.
+    let mut rows: Vec<Vec<i64>> = read_i64(prompt)?.chunks(p).map(<[i64]>::to_vec).collect();
     let mut rng = SplitMix64::new(sampling.seed);
-    let mut new_ids = vec![0i64; b * n_new];
     for step in 0..n_new {
         let len = p + step;
         let w = len.min(model.context_len());
-        let window: Vec<i64> = (0..b)
-            .flat_map(|r| seq[r * len + len - w..(r + 1) * len].iter().copied())
+        let window: Vec<i64> = rows
+            .iter()
+            .flat_map(|row| row[len - w..].iter().copied())
             .collect();
         let out = model.forward(int_tensor(window, b, w, &device), false)?;
         let dims = out.logits.dims();
@@ -66,19 +67,11 @@ pub fn generate_by_forward<B: Backend, M: ArBackbone<B> + ?Sized>(
             ));
         }
         let last = read_f32(out.logits.narrow(1, w - 1, 1))?;
-        let mut next = Vec::with_capacity(b * (len + 1));
-        for r in 0..b {
-            let id = sample_row(
-                &last[r * vocab..(r + 1) * vocab],
-                allowed.clone(),
-                sampling,
-                &mut rng,
-            )?;
-            new_ids[r * n_new + step] = id as i64;
-            next.extend_from_slice(&seq[r * len..(r + 1) * len]);
-            next.push(id as i64);
+        for (row, logits) in rows.iter_mut().zip(last.chunks(vocab)) {
+            let id = sample_row(logits, allowed.clone(), sampling, &mut rng)?;
+            row.push(id as i64);
         }
-        seq = next;
     }
+    let new_ids = rows.iter().flat_map(|row| row[p..].iter().copied()).collect();
     Ok(int_tensor(new_ids, b, n_new, &device))
 }
