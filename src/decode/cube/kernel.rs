@@ -159,22 +159,8 @@ pub(crate) fn nearest_partial_kernel<F: Float, I: Int>(
         }
         #[unroll]
         for dd in 0..dt {
-            #[unroll]
-            for v in 0..rq / 4 {
-                let av = qs[dd * (gq + 1) + uq + v * tq];
-                #[unroll]
-                for x in 0..4usize {
-                    a[v * 4 + x] = av[x];
-                }
-            }
-            #[unroll]
-            for v in 0..rk / 4 {
-                let bv = cs[dd * (gk + 1) + uk + v * tk];
-                #[unroll]
-                for x in 0..4usize {
-                    b[v * 4 + x] = bv[x];
-                }
-            }
+            unpack(&qs, &mut a, dd * (gq + 1) + uq, tq, rq);
+            unpack(&cs, &mut b, dd * (gk + 1) + uk, tk, rk);
             #[unroll]
             for i in 0..rq {
                 #[unroll]
@@ -292,6 +278,26 @@ fn stage(
         let e = step * units + unit;
         if e < groups * dt {
             tile[(e % dt) * (groups + 1) + e / dt] = regs[step];
+        }
+    }
+}
+
+/// Reads `count / 4` vectors `tile[first + v · stride]` into `out[4v .. 4v + 4]`: a unit's
+/// rows of one staged dimension, one 128-bit shared-memory load per 4 rows.
+#[cube]
+fn unpack(
+    tile: &SharedMemory<Vector<f32, Const<4>>>,
+    out: &mut Array<f32>,
+    first: usize,
+    #[comptime] stride: usize,
+    #[comptime] count: usize,
+) {
+    #[unroll]
+    for v in 0..count / 4 {
+        let vec = tile[first + v * stride];
+        #[unroll]
+        for x in 0..4usize {
+            out[v * 4 + x] = vec[x];
         }
     }
 }
