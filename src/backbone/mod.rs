@@ -2,7 +2,9 @@
 //! [`crate::ArBackbone`].
 
 mod generate;
+mod llama;
 mod sampling;
 
 pub use generate::generate_by_forward;
+pub use llama::{GenerateOptions, Generation, KvCache, Llama, LlamaConfig, ProjName};
 pub use sampling::Sampling;

@@ -1,0 +1,255 @@
+//! LLaMA building blocks: projections (with optional LoRA), RMSNorm, rotate-half RoPE,
+//! grouped-query attention with a KV cache, SwiGLU MLP and the decoder layer.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{backend::Backend, Bool, DType, Distribution, Tensor, TensorData};
+
+use super::cache::LayerCache;
+use super::config::LlamaConfig;
+
+/// A bias-free linear map `x @ W` with `W: [in, out]`, plus an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct Proj<B: Backend> {
+    /// `[in, out]` (Burn's layout; HF checkpoints store the transpose).
+    pub(crate) weight: Param<Tensor<B, 2>>,
+    /// Low-rank update, when attached.
+    pub(crate) lora: Option<LoraAdapter<B>>,
+}
+
+/// LoRA: `x @ W + scale · (x @ A) @ B` with `A: [in, r]`, `B: [r, out]`, `scale = alpha / r`.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[in, r]`.
+    pub(crate) a: Param<Tensor<B, 2>>,
+    /// `[r, out]`, zero at initialisation so the adapted model starts equal to the base.
+    pub(crate) b: Param<Tensor<B, 2>>,
+    pub(crate) scale: f64,
+}
+
+impl<B: Backend> Proj<B> {
+    pub(crate) fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::random([d_in, d_out], Distribution::Normal(0.0, std), device)),
+            lora: None,
+        }
+    }
+
+    pub(crate) fn from_tensor(weight: Tensor<B, 2>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            lora: None,
+        }
+    }
+
+    /// `[.., in]` → `[.., out]`.
+    pub(crate) fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lora {
+            None => linear(x, self.weight.val(), None),
+            Some(l) => {
+                let low = linear(linear(x.clone(), l.a.val(), None), l.b.val(), None);
+                linear(x, self.weight.val(), None) + low.mul_scalar(l.scale)
+            }
+        }
+    }
+}
+
+/// Root-mean-square norm with a learned gain, computed in f32 for half-precision backends.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub(crate) weight: Param<Tensor<B, 1>>,
+    pub(crate) eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub(crate) fn init(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([dim], device)),
+            eps,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let rms = x.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt();
+        let normed = x.div(rms);
+        let normed = if dtype == DType::F32 { normed } else { normed.cast(dtype) };
+        normed * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// The rotate-half RoPE tables for positions `start..start + n`: `(cos, sin)`, each `[n, head_dim]`,
+/// laid out as HF does (`cat(freqs, freqs)`).
+pub(crate) fn rope_tables<B: Backend>(
+    start: usize,
+    n: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = head_dim / 2;
+    // HF computes inv_freq and the angles in f32; so do we, so that long positions agree.
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(n * head_dim);
+    let mut sin = Vec::with_capacity(n * head_dim);
+    for p in start..start + n {
+        for _ in 0..2 {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [n, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [n, head_dim]), device),
+    )
+}
+
+/// `x [b, h, n, hd]` rotated by the tables `[n, hd]`: `x·cos + rotate_half(x)·sin`.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let hd = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, hd / 2);
+    let x2 = x.clone().narrow(3, hd / 2, hd / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Multi-head attention with RoPE and grouped-query key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub(crate) q_proj: Proj<B>,
+    pub(crate) k_proj: Proj<B>,
+    pub(crate) v_proj: Proj<B>,
+    pub(crate) o_proj: Proj<B>,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+/// Per-forward context: position offset and the RoPE tables broadcast to `[1, 1, n, hd]`.
+pub(crate) struct Step<B: Backend> {
+    pub start: usize,
+    pub cos: Tensor<B, 4>,
+    pub sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Attention<B> {
+    pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
+        let (h, kv, hd, std) = (c.num_attention_heads, c.kv_heads(), c.head_dim(), c.initializer_range);
+        Self {
+            q_proj: Proj::init(c.hidden_size, h * hd, std, device),
+            k_proj: Proj::init(c.hidden_size, kv * hd, std, device),
+            v_proj: Proj::init(c.hidden_size, kv * hd, std, device),
+            o_proj: Proj::init(h * hd, c.hidden_size, std, device),
+            heads: h,
+            kv_heads: kv,
+            head_dim: hd,
+        }
+    }
+
+    /// `x [b, n, hidden]` at positions `step.start..step.start + n` → `[b, n, hidden]`.
+    /// With a cache, the new keys/values are written into it and attention covers every cached
+    /// position before them.
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+        let [b, n, _] = x.dims();
+        let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
+        let q = apply_rope(split(self.q_proj.forward(x.clone()), h), &step.cos, &step.sin);
+        let k = apply_rope(split(self.k_proj.forward(x.clone()), kv), &step.cos, &step.sin);
+        let v = split(self.v_proj.forward(x), kv);
+        let (k, v) = match cache {
+            Some(c) => c.append(step.start, k, v),
+            None => (k, v),
+        };
+        let t = k.dims()[2];
+        let (k, v) = if kv == h {
+            (k, v)
+        } else {
+            let rep = h / kv;
+            let widen = |t4: Tensor<B, 4>| {
+                t4.unsqueeze_dim::<5>(2)
+                    .expand([b, kv, rep, t, hd])
+                    .reshape([b, h, t, hd])
+            };
+            (widen(k), widen(v))
+        };
+        let out = if n == 1 {
+            // One new query sees every cached key: no mask.
+            attention(q, k, v, None, None, AttentionModuleOptions::default())
+        } else if t == n {
+            let options = AttentionModuleOptions {
+                is_causal: true,
+                ..Default::default()
+            };
+            attention(q, k, v, None, None, options)
+        } else {
+            // Several new queries after cached ones: explicit offset-causal mask.
+            let offset = t - n;
+            let mask: Vec<bool> = (0..n)
+                .flat_map(|i| (0..t).map(move |j| j > offset + i))
+                .collect();
+            let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, t]), &q.device())
+                .unsqueeze::<4>()
+                .expand([b, h, n, t]);
+            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
+            softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3).matmul(v)
+        };
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd]))
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub(crate) gate_proj: Proj<B>,
+    pub(crate) up_proj: Proj<B>,
+    pub(crate) down_proj: Proj<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
+        let std = c.initializer_range;
+        Self {
+            gate_proj: Proj::init(c.hidden_size, c.intermediate_size, std, device),
+            up_proj: Proj::init(c.hidden_size, c.intermediate_size, std, device),
+            down_proj: Proj::init(c.intermediate_size, c.hidden_size, std, device),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let g = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(g * self.up_proj.forward(x))
+    }
+}
+
+/// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub(crate) input_layernorm: RmsNorm<B>,
+    pub(crate) self_attn: Attention<B>,
+    pub(crate) post_attention_layernorm: RmsNorm<B>,
+    pub(crate) mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
+        Self {
+            input_layernorm: RmsNorm::init(c.hidden_size, c.rms_norm_eps, device),
+            self_attn: Attention::init(c, device),
+            post_attention_layernorm: RmsNorm::init(c.hidden_size, c.rms_norm_eps, device),
+            mlp: Mlp::init(c, device),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), step, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
