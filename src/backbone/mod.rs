@@ -6,5 +6,8 @@ mod llama;
 mod sampling;
 
 pub use generate::generate_by_forward;
-pub use llama::{GenerateOptions, Generation, KvCache, Llama, LlamaConfig, ProjName};
+pub use llama::{
+    lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama, LlamaConfig,
+    LmTrainConfig, LoraConfig, ProjName, StepReport,
+};
 pub use sampling::Sampling;

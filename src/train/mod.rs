@@ -1,5 +1,12 @@
-//! Training the refiner: the loss (the training loop lives here too as it grows).
+//! Training: the refinement loss, the learning-rate schedule and checkpoints shared by every
+//! training loop in the crate.
 
+mod checkpoint;
+mod clip;
 mod loss;
+mod schedule;
 
+pub use checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+pub use clip::clip_grad_norm;
 pub use loss::{cosine_loss, RefinementLoss};
+pub use schedule::WarmupCosine;

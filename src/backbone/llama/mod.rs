@@ -10,9 +10,13 @@ mod cache;
 mod config;
 mod generate;
 mod layers;
+mod lora;
 mod model;
+mod train;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use generate::{GenerateOptions, Generation};
+pub use lora::{load_lora, save_lora, LoraConfig};
 pub use model::{Llama, ProjName};
+pub use train::{lm_loss, train_lm, LmTrainConfig, StepReport};

@@ -52,7 +52,7 @@ enum Slot {
 }
 
 /// The seven projections of a layer, with their HF names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProjName {
     /// `self_attn.q_proj`
     Q,

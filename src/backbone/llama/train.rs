@@ -1,0 +1,206 @@
+//! Next-token training of a [`Llama`] (pretraining a small backbone, or LoRA fine-tuning).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::model::Llama;
+use crate::checks::{int_tensor, read_f32};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use crate::train::{clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine};
+
+/// Settings of [`train_lm`].
+///
+/// ```
+/// use ar_refine::backbone::LmTrainConfig;
+/// let c = LmTrainConfig::new(1000, 32, 3e-4);
+/// assert_eq!((c.schedule.warmup, c.grad_clip), (50, Some(1.0)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmTrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per step (drawn at random, with replacement, from the training set).
+    pub batch_size: usize,
+    /// Learning-rate schedule (AdamW).
+    pub schedule: WarmupCosine,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm clip (`None`: off).
+    pub grad_clip: Option<f64>,
+    /// Seed of the batch sampler.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end) when a directory is given.
+    pub checkpoint_every: usize,
+    /// Only predictions of tokens at positions `>= loss_from` count (e.g. the query's output
+    /// image of a visual sentence); `1` scores every next-token prediction.
+    pub loss_from: usize,
+}
+
+impl LmTrainConfig {
+    /// `steps` steps of `batch_size` sequences at peak learning rate `lr`: 5 % linear warmup
+    /// then cosine decay to `lr / 10`, weight decay 0.1, global clip 1.0, checkpoints every
+    /// 500 steps, every position scored.
+    pub fn new(steps: usize, batch_size: usize, lr: f64) -> Self {
+        Self {
+            steps,
+            batch_size,
+            schedule: WarmupCosine {
+                peak_lr: lr,
+                min_lr: lr / 10.0,
+                warmup: steps / 20,
+                total: steps,
+            },
+            weight_decay: 0.1,
+            grad_clip: Some(1.0),
+            seed: 0,
+            checkpoint_every: 500,
+            loss_from: 1,
+        }
+    }
+}
+
+/// What [`train_lm`] reports after every step.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Steps in all.
+    pub steps: usize,
+    /// This step's mean cross-entropy.
+    pub loss: f32,
+    /// This step's learning rate.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second since the start (or resume).
+    pub tokens_per_sec: f64,
+    /// Wall time since the start (or resume).
+    pub elapsed: Duration,
+}
+
+/// Mean next-token cross-entropy of `tokens` `[b, n]` over the predictions of positions
+/// `loss_from..n` (`loss_from >= 1`). Returns a one-element tensor (differentiable on an
+/// autodiff backend).
+pub fn lm_loss<B: Backend>(model: &Llama<B>, tokens: Tensor<B, 2, Int>, loss_from: usize) -> Result<Tensor<B, 1>> {
+    let [b, n] = tokens.dims();
+    if loss_from == 0 || loss_from >= n {
+        return Err(Error::Config(format!(
+            "loss_from must be in 1..{n} for sequences of {n} tokens, got {loss_from}"
+        )));
+    }
+    let hidden = model.forward_hidden(tokens.clone().narrow(1, 0, n - 1), None)?;
+    let m = n - loss_from;
+    let hidden = hidden.narrow(1, loss_from - 1, m);
+    let logp = log_softmax(model.logits(hidden), 2);
+    let targets = tokens.narrow(1, loss_from, m).reshape([b, m, 1]);
+    Ok(logp.gather(2, targets).mean().neg())
+}
+
+/// Trains `model` on `sequences` (equal-length token sequences, vocabulary ids) with AdamW,
+/// warmup + cosine learning rate and global gradient clipping. Parameters without gradients
+/// (a frozen base under LoRA, see [`Llama::with_lora`]) are not changed.
+///
+/// With `checkpoints`, state is saved there every `checkpoint_every` steps and at the end, and
+/// a run that finds a checkpoint there resumes from it (weights, AdamW moments, sampler state
+/// and loss history), continuing the same loss curve. `on_step` sees every step (progress
+/// output). Returns the trained model and the final state (its `losses` is the loss curve).
+pub fn train_lm<B: AutodiffBackend>(
+    model: Llama<B>,
+    sequences: &[Vec<i64>],
+    cfg: &LmTrainConfig,
+    checkpoints: Option<&Path>,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<(Llama<B>, TrainState)> {
+    cfg.schedule.validate()?;
+    if cfg.batch_size == 0 || cfg.checkpoint_every == 0 {
+        return Err(Error::Config("batch_size and checkpoint_every must be >= 1".into()));
+    }
+    let len = sequences.first().map(Vec::len).ok_or_else(|| Error::Config("no training sequences".into()))?;
+    if let Some((i, s)) = sequences.iter().enumerate().find(|(_, s)| s.len() != len) {
+        return Err(Error::shape(format!("training sequence {i}"), format!("[{len}] like sequence 0"), &[s.len()]));
+    }
+    let vocab = model.config.vocab_size as i64;
+    for (i, s) in sequences.iter().enumerate() {
+        if let Some(id) = s.iter().find(|id| !(0..vocab).contains(*id)) {
+            return Err(Error::TokenOutOfRange {
+                what: format!("training sequence {i}"),
+                id: *id,
+                valid: format!("0..{vocab}"),
+            });
+        }
+    }
+    let device = model.embed_tokens.val().device();
+    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay).init::<B, Llama<B>>();
+    let mut model = model;
+    let identity = serde_json::json!({ "model": model.config, "train": cfg });
+    let mut state = TrainState {
+        rng: cfg.seed,
+        extra: identity.clone(),
+        ..Default::default()
+    };
+    if let Some(dir) = checkpoints {
+        if let Some(path) = latest_checkpoint(dir)? {
+            let saved: serde_json::Value = std::fs::read(path.join("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .and_then(|v: serde_json::Value| v.get("state").and_then(|s| s.get("extra")).cloned())
+                .unwrap_or_default();
+            if saved != identity {
+                return Err(Error::Config(format!(
+                    "checkpoint {} was written with another model or training config; use a new directory",
+                    path.display()
+                )));
+            }
+            (model, optim, state) = load_checkpoint(&path, model, optim, &device)?;
+        }
+    }
+    let mut rng = SplitMix64::new(state.rng);
+    let start = Instant::now();
+    let first = state.step;
+    while state.step < cfg.steps {
+        let batch: Vec<i64> = (0..cfg.batch_size)
+            .flat_map(|_| sequences[rng.below(sequences.len())].iter().copied())
+            .collect();
+        let tokens = int_tensor(batch, cfg.batch_size, len, &device);
+        let loss = lm_loss(&model, tokens, cfg.loss_from)?;
+        let loss_value = read_f32(loss.clone())?[0];
+        if !loss_value.is_finite() {
+            return Err(Error::NonFinite {
+                what: format!("training loss at step {}", state.step + 1),
+            });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = match cfg.grad_clip {
+            Some(c) => clip_grad_norm(&model, &mut grads, c)?,
+            None => f64::NAN,
+        };
+        let lr = cfg.schedule.lr(state.step);
+        model = optim.step(lr, model, grads);
+        state.step += 1;
+        state.losses.push(loss_value);
+        state.rng = rng.state();
+        let elapsed = start.elapsed();
+        on_step(&StepReport {
+            step: state.step,
+            steps: cfg.steps,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            tokens_per_sec: ((state.step - first) * cfg.batch_size * len) as f64 / elapsed.as_secs_f64().max(1e-9),
+            elapsed,
+        });
+        if let Some(dir) = checkpoints {
+            if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+                save_checkpoint(dir, &model, &optim, &state)?;
+            }
+        }
+    }
+    Ok((model, state))
+}

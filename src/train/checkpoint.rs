@@ -1,0 +1,137 @@
+//! Training checkpoints: module weights, optimizer state and loop state, written atomically.
+//!
+//! Layout: `DIR/step-00000100/{model.mpk, optim.mpk, state.json}` and `DIR/latest` naming the
+//! newest. A checkpoint directory is assembled under a temporary name and renamed into place,
+//! so a crash never leaves a half-written checkpoint where resume would look; `state.json`
+//! carries checksums of the two weight files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::{fnv1a64, write_atomic};
+
+/// Loop state saved next to the weights.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Training loss of every step so far.
+    pub losses: Vec<f32>,
+    /// State of the data/sampling generator ([`crate::rng::SplitMix64::state`]).
+    pub rng: u64,
+    /// Anything else the loop wants back (its config, validation history, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    state: TrainState,
+    checksums: BTreeMap<String, String>,
+}
+
+const FORMAT: u32 = 1;
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::default()
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Saves `model`, `optim` and `state` as `dir/step-NNNNNNNN` and points `dir/latest` at it.
+/// Returns the checkpoint's directory.
+pub fn save_checkpoint<B, M, O>(dir: impl AsRef<Path>, model: &M, optim: &O, state: &TrainState) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = format!("step-{:08}", state.step);
+    let final_dir = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let model_bytes = Recorder::<B>::record(&recorder(), model.clone().into_record(), ())
+        .map_err(|e| bad(&tmp, format!("cannot encode the model: {e}")))?;
+    let optim_bytes = Recorder::<B>::record(&recorder(), optim.to_record(), ())
+        .map_err(|e| bad(&tmp, format!("cannot encode the optimizer: {e}")))?;
+    let mut checksums = BTreeMap::new();
+    for (file, bytes) in [("model.mpk", &model_bytes), ("optim.mpk", &optim_bytes)] {
+        write_atomic(tmp.join(file), bytes)?;
+        checksums.insert(file.to_string(), format!("{:016x}", fnv1a64(bytes)));
+    }
+    let sf = StateFile {
+        format: FORMAT,
+        state: state.clone(),
+        checksums,
+    };
+    let json = serde_json::to_vec_pretty(&sf).map_err(|e| bad(&tmp, e.to_string()))?;
+    write_atomic(tmp.join("state.json"), &json)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    write_atomic(dir.join("latest"), name.as_bytes())?;
+    Ok(final_dir)
+}
+
+/// The newest checkpoint under `dir` (from `dir/latest`), or `None` when there is none.
+pub fn latest_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+    let latest = dir.as_ref().join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        return Err(bad(&latest, format!("names an invalid checkpoint {name:?}")));
+    }
+    Ok(Some(dir.as_ref().join(name)))
+}
+
+/// Loads a checkpoint directory written by [`save_checkpoint`] into `model` and `optim`
+/// (which must have the same structure). Corrupt, truncated or mismatched files are
+/// [`Error::Checkpoint`].
+pub fn load_checkpoint<B, M, O>(path: impl AsRef<Path>, model: M, optim: O, device: &B::Device) -> Result<(M, O, TrainState)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let path = path.as_ref();
+    let state_path = path.join("state.json");
+    let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let sf: StateFile = serde_json::from_slice(&text).map_err(|e| bad(&state_path, format!("bad state.json: {e}")))?;
+    if sf.format != FORMAT {
+        return Err(bad(path, format!("checkpoint format {} (this build reads {FORMAT})", sf.format)));
+    }
+    let read = |file: &str| -> Result<Vec<u8>> {
+        let p = path.join(file);
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        let want = sf.checksums.get(file).ok_or_else(|| bad(path, format!("state.json has no checksum for {file}")))?;
+        if format!("{:016x}", fnv1a64(&bytes)) != *want {
+            return Err(bad(&p, "checksum mismatch: the file is corrupt or was modified"));
+        }
+        Ok(bytes)
+    };
+    let model_rec = Recorder::<B>::load(&recorder(), read("model.mpk")?, device)
+        .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
+    let optim_rec = Recorder::<B>::load(&recorder(), read("optim.mpk")?, device)
+        .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
+    Ok((model.load_record(model_rec), optim.load_record(optim_rec), sf.state))
+}
