@@ -31,6 +31,7 @@ pub mod io;
 pub mod pipeline;
 pub mod refiner;
 pub mod rng;
+pub mod tokenizer;
 pub mod train;
 pub mod traits;
 

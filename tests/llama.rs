@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use ar_refine::backbone::{GenerateOptions, Llama, LlamaConfig};
-use ar_refine::io::{SafetensorsFile, StoreDtype};
+use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
 use ar_refine::{generate_by_forward, ArBackbone, Error, Sampling};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use common::to_vec;
@@ -122,7 +122,7 @@ fn bad_checkpoints_and_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     cfg.num_key_value_heads = Some(4);
     cfg.num_hidden_layers = 3;
     let file = SafetensorsFile::open(fixtures().join("gqa")).unwrap();
-    let msg = Llama::<B>::from_safetensors(cfg, &file, device).unwrap_err().to_string();
+    let msg = Llama::<B>::from_checkpoint(cfg, &file, device).unwrap_err().to_string();
     assert!(msg.contains("missing keys: model.layers.2."), "{msg}");
     assert!(msg.contains("model.layers.0.self_attn.k_proj.weight: checkpoint [16, 32], model [32, 32]"), "{msg}");
 
@@ -130,7 +130,7 @@ fn bad_checkpoints_and_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     let cfg = LlamaConfig::from_file(fixtures().join("gqa")).unwrap();
     let mut small = cfg.clone();
     small.num_hidden_layers = 1;
-    let msg = Llama::<B>::from_safetensors(small, &file, device).unwrap_err().to_string();
+    let msg = Llama::<B>::from_checkpoint(small, &file, device).unwrap_err().to_string();
     assert!(msg.contains("unexpected keys: model.layers.1."), "{msg}");
 
     // A truncated file is a checkpoint error, not a panic.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ar_refine::backbone::{
     load_lora, save_lora, train_lm, Llama, LlamaConfig, LmTrainConfig, LoraConfig, ProjName,
 };
-use ar_refine::io::{SafetensorsFile, StoreDtype};
+use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
 use ar_refine::ArBackbone;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
@@ -106,7 +106,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Tensors of two safetensors files that differ (by name).
 fn changed(a: &Path, b: &Path) -> (usize, usize) {
     let (fa, fb) = (SafetensorsFile::open(a).unwrap(), SafetensorsFile::open(b).unwrap());
-    let keys: Vec<String> = fa.keys().map(String::from).collect();
+    let keys = fa.keys();
     let n = keys
         .iter()
         .filter(|k| fa.read_f32(k).unwrap() != fb.read_f32(k).unwrap())

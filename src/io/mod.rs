@@ -1,13 +1,17 @@
-//! File input and output: images, safetensors checkpoints and atomic writes.
+//! File input and output: images, checkpoints (safetensors, PyTorch pickles) and atomic writes.
 
 mod atomic;
 mod checksum;
 mod image;
+mod pytorch;
 mod safetensors;
+mod source;
 
 pub use self::image::{load_image, rgb_to_tensor, save_image, save_image_grid, tensor_to_rgb};
 pub use atomic::write_atomic;
+pub use source::{open_checkpoint, TensorSource};
 pub use checksum::fnv1a64;
+pub use self::pytorch::PytorchFile;
 pub use self::safetensors::{
     save_safetensors, save_safetensors_with_metadata, KeyReport, SafetensorsFile, StoreDtype,
 };

@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use super::atomic::write_atomic;
+use super::source::TensorSource;
 use crate::error::{Error, Result};
 
 struct Entry {
@@ -25,13 +25,13 @@ struct Entry {
 /// The tensors of one checkpoint, possibly spread over several shard files.
 ///
 /// ```
-/// use ar_refine::io::{save_safetensors, SafetensorsFile, StoreDtype};
+/// use ar_refine::io::{save_safetensors, SafetensorsFile, StoreDtype, TensorSource};
 /// let dir = std::env::temp_dir().join("ar_refine_doc_st");
 /// std::fs::create_dir_all(&dir).unwrap();
 /// let path = dir.join("w.safetensors");
 /// save_safetensors(&path, &[("w".into(), vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])], StoreDtype::F16).unwrap();
 /// let f = SafetensorsFile::open(&path).unwrap();
-/// assert_eq!(f.shape("w"), Some(&[2usize, 2][..]));
+/// assert_eq!(f.shape("w"), Some(vec![2, 2]));
 /// assert_eq!(f.read_f32("w").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
 /// ```
 pub struct SafetensorsFile {
@@ -129,32 +129,13 @@ impl SafetensorsFile {
         })
     }
 
-    /// The path this checkpoint was opened from.
-    pub fn path(&self) -> &Path {
-        &self.origin
-    }
-
-    /// All tensor names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
-    /// Whether the checkpoint holds `key`.
-    pub fn contains(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
-    }
-
-    /// The shape of `key`, if present.
-    pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        self.entries.get(key).map(|e| e.shape.as_slice())
-    }
-
     /// The stored element type of `key` (`"F16"`, `"BF16"`, `"F32"`, ...), if present.
     pub fn dtype(&self, key: &str) -> Option<String> {
         self.entries.get(key).map(|e| format!("{:?}", e.dtype))
     }
 
-    /// Reads `key` as row-major `f32` values, converting f16/bf16/f64.
+    /// Reads `key` as row-major `f32` values, converting f16/bf16/f64 (also available through
+    /// [`TensorSource`]).
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
         let e = self
             .entries
@@ -198,20 +179,23 @@ impl SafetensorsFile {
         Ok(out)
     }
 
-    /// Reads `key` as a tensor of rank `D` on `device` (in the backend's float type).
-    pub fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Result<Tensor<B, D>> {
-        let shape = self
-            .shape(key)
-            .ok_or_else(|| checkpoint(&self.origin, format!("missing tensor {key}")))?
-            .to_vec();
-        if shape.len() != D {
-            return Err(checkpoint(
-                &self.origin,
-                format!("tensor {key} has rank {} ({shape:?}); expected rank {D}", shape.len()),
-            ));
-        }
-        let values = self.read_f32(key)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+impl TensorSource for SafetensorsFile {
+    fn path(&self) -> &Path {
+        &self.origin
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.entries.get(key).map(|e| e.shape.clone())
+    }
+
+    fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
+        SafetensorsFile::read_f32(self, key)
     }
 }
 
@@ -219,7 +203,7 @@ impl SafetensorsFile {
 /// key, unexpected key and shape mismatch instead of stopping at the first.
 ///
 /// ```
-/// use ar_refine::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype};
+/// use ar_refine::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, TensorSource};
 /// let p = std::env::temp_dir().join("ar_refine_doc_report.safetensors");
 /// save_safetensors(&p, &[("a".into(), vec![2], vec![1.0, 2.0]), ("extra".into(), vec![1], vec![0.0])],
 ///     StoreDtype::F32).unwrap();
@@ -231,7 +215,7 @@ impl SafetensorsFile {
 /// assert!(msg.contains("missing keys: b") && msg.contains("unexpected keys: extra") && msg.contains("a: checkpoint [2]"));
 /// ```
 pub struct KeyReport<'a> {
-    file: &'a SafetensorsFile,
+    file: &'a dyn TensorSource,
     used: BTreeSet<String>,
     missing: Vec<String>,
     mismatched: Vec<String>,
@@ -240,7 +224,7 @@ pub struct KeyReport<'a> {
 
 impl<'a> KeyReport<'a> {
     /// A report over `file` with nothing taken yet.
-    pub fn new(file: &'a SafetensorsFile) -> Self {
+    pub fn new(file: &'a dyn TensorSource) -> Self {
         Self {
             file,
             used: BTreeSet::new(),
@@ -250,7 +234,7 @@ impl<'a> KeyReport<'a> {
         }
     }
 
-    /// Keys starting with `prefix` are not reported as unexpected (e.g. buffers the model
+    /// Keys containing `pattern` are not reported as unexpected (e.g. buffers the model
     /// recomputes, such as `rotary_emb.inv_freq`).
     pub fn ignore_unused(&mut self, pattern: &str) {
         self.ignored_prefixes.push(pattern.to_string());
@@ -265,7 +249,7 @@ impl<'a> KeyReport<'a> {
                 self.missing.push(key.to_string());
                 None
             }
-            Some(s) if s != shape => {
+            Some(s) if s.as_slice() != shape => {
                 self.mismatched
                     .push(format!("{key}: checkpoint {s:?}, model {shape:?}"));
                 None
@@ -288,10 +272,11 @@ impl<'a> KeyReport<'a> {
     /// `Ok` when every key was found with the right shape and nothing was left over;
     /// otherwise one [`Error::Checkpoint`] naming all problems.
     pub fn finish(self) -> Result<()> {
-        let unexpected: Vec<&str> = self
+        let unexpected: Vec<String> = self
             .file
             .keys()
-            .filter(|k| !self.used.contains(*k))
+            .into_iter()
+            .filter(|k| !self.used.contains(k))
             .filter(|k| !self.ignored_prefixes.iter().any(|p| k.contains(p.as_str())))
             .collect();
         if self.missing.is_empty() && self.mismatched.is_empty() && unexpected.is_empty() {

@@ -11,7 +11,7 @@ use super::config::LlamaConfig;
 use super::layers::{rope_tables, DecoderLayer, Proj, RmsNorm, Step};
 use crate::checks::{ensure_ids_in, expect_non_empty, read_f32};
 use crate::error::{Error, Result};
-use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype};
+use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, TensorSource};
 
 /// A LLaMA causal language model (HF `LlamaForCausalLM` layout), the built-in
 /// [`crate::ArBackbone`].
@@ -142,12 +142,13 @@ impl<B: Backend> Llama<B> {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_file(dir)?;
         let file = SafetensorsFile::open(dir)?;
-        Self::from_safetensors(config, &file, device)
+        Self::from_checkpoint(config, &file, device)
     }
 
-    /// Builds the model from `config` and the HF-named tensors of `file`. Every missing key,
-    /// unexpected key and shape mismatch is listed in one [`Error::Checkpoint`].
-    pub fn from_safetensors(config: LlamaConfig, file: &SafetensorsFile, device: &B::Device) -> Result<Self> {
+    /// Builds the model from `config` and the HF-named tensors of `file` (safetensors, or a
+    /// PyTorch `.bin` through [`crate::io::open_checkpoint`]). Every missing key, unexpected key
+    /// and shape mismatch is listed in one [`Error::Checkpoint`].
+    pub fn from_checkpoint(config: LlamaConfig, file: &dyn TensorSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let mut report = KeyReport::new(file);
         report.ignore_unused("rotary_emb.inv_freq");

@@ -1,0 +1,76 @@
+//! One interface over checkpoint formats, so that model loaders are written once.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::pytorch::PytorchFile;
+use super::safetensors::SafetensorsFile;
+use crate::error::{Error, Result};
+
+/// Named float tensors from a checkpoint file (safetensors or PyTorch pickle).
+pub trait TensorSource {
+    /// Where the tensors come from.
+    fn path(&self) -> &Path;
+    /// Every tensor name, sorted.
+    fn keys(&self) -> Vec<String>;
+    /// The shape of `key`, if present.
+    fn shape(&self, key: &str) -> Option<Vec<usize>>;
+    /// `key` as row-major `f32` values (f16/bf16/f64 converted).
+    fn read_f32(&self, key: &str) -> Result<Vec<f32>>;
+
+    /// Whether `key` is present.
+    fn contains(&self, key: &str) -> bool {
+        self.shape(key).is_some()
+    }
+
+    /// `key` as a rank-`D` tensor on `device`.
+    fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Result<Tensor<B, D>>
+    where
+        Self: Sized,
+    {
+        let shape = self.shape(key).ok_or_else(|| Error::Checkpoint {
+            path: self.path().to_path_buf(),
+            reason: format!("missing tensor {key}"),
+        })?;
+        if shape.len() != D {
+            return Err(Error::Checkpoint {
+                path: self.path().to_path_buf(),
+                reason: format!("tensor {key} has rank {} ({shape:?}); expected rank {D}", shape.len()),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(self.read_f32(key)?, shape), device))
+    }
+}
+
+/// Opens a checkpoint by its name: `.safetensors`, a `*.safetensors.index.json` shard index or a
+/// directory with `model.safetensors` / `diffusion_pytorch_model.safetensors` → safetensors;
+/// `.bin`, `.pt`, `.pth`, `.ckpt` (or a directory with `pytorch_model.bin`) → PyTorch pickle
+/// (read without running code).
+pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<Box<dyn TensorSource>> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        for name in [
+            "model.safetensors.index.json",
+            "model.safetensors",
+            "diffusion_pytorch_model.safetensors",
+            "pytorch_model.bin",
+            "diffusion_pytorch_model.bin",
+        ] {
+            if path.join(name).is_file() {
+                return open_checkpoint(path.join(name));
+            }
+        }
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "directory holds no model.safetensors, diffusion_pytorch_model.safetensors or pytorch_model.bin"
+                .into(),
+        });
+    }
+    let name = path.to_string_lossy().to_lowercase();
+    if [".bin", ".pt", ".pth", ".ckpt"].iter().any(|e| name.ends_with(e)) {
+        Ok(Box::new(PytorchFile::open(path)?))
+    } else {
+        Ok(Box::new(SafetensorsFile::open(path)?))
+    }
+}

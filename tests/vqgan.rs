@@ -1,0 +1,157 @@
+//! VQGAN tokenizer parity with the PyTorch references (fixtures from
+//! tests/fixtures/make_vqgan_fixtures.py) in the open-MUSE, diffusers and taming layouts, plus
+//! checkpoint errors and save/load round trips.
+
+mod common;
+
+use std::path::PathBuf;
+
+use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
+use ar_refine::tokenizer::{Layout, PixelRange, Vqgan, VqganConfig};
+use ar_refine::{Error, Tokenizer};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use common::to_vec;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan")
+}
+
+fn reference() -> SafetensorsFile {
+    SafetensorsFile::open(fixtures().join("reference.safetensors")).unwrap()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// (name in reference file, checkpoint, reference key prefix)
+const MODELS: [(&str, &str, &str); 4] = [
+    ("open-MUSE", "open_muse/pytorch_model.bin", "lvm"),
+    ("diffusers", "diffusers", "lvm"),
+    ("diffusers+attention", "diffusers_attn", "diffusers_attn"),
+    ("taming", "taming/model.ckpt", "taming"),
+];
+
+fn matches_pytorch_reference<B: Backend>(device: &B::Device) {
+    let r = reference();
+    for (label, ckpt, key) in MODELS {
+        let vq = Vqgan::<B>::load(fixtures().join(ckpt), None, device).unwrap();
+        let images = r.tensor::<B, 4>(&format!("{key}.images"), device).unwrap();
+        // The fixtures store model-native pixels; the tokenizer takes [0, 1].
+        let images01 = match vq.config().pixel_range {
+            PixelRange::ZeroOne => images,
+            PixelRange::MinusOneOne => images.add_scalar(1.0).mul_scalar(0.5),
+        };
+        // Pre-quantisation latents: relative error <= 1e-4.
+        let want = r.read_f32(&format!("{key}.latents")).unwrap();
+        let got = to_vec(vq.encode_latents(images01.clone()).unwrap());
+        let rel = max_diff(&got, &want) / max_abs(&want);
+        assert!(rel <= 1e-4, "{label}: latent relative error {rel}");
+
+        // Token ids: identical except where the reference's two best distances are < 1e-6 apart.
+        let ids: Vec<i64> = vq.encode(images01).unwrap().into_data().iter::<i64>().collect();
+        let want_ids = r.read_f32(&format!("{key}.ids")).unwrap();
+        let gaps = r.read_f32(&format!("{key}.gap")).unwrap();
+        for ((g, w), gap) in ids.iter().zip(&want_ids).zip(&gaps) {
+            assert!(*g == *w as i64 || *gap < 1e-6, "{label}: id {g} vs {w} (gap {gap})");
+        }
+
+        // Decoding the reference ids: max abs error <= 1e-4 in the model's own range.
+        let shape = r.shape(&format!("{key}.ids")).unwrap();
+        let ref_ids: Vec<i64> = want_ids.iter().map(|x| *x as i64).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ref_ids, [shape[0], shape[1]]), device);
+        let g = vq.grid().rows;
+        let z = vq.codebook().embed(tokens.clone()).unwrap().swap_dims(1, 2).reshape([shape[0], vq.code_dim(), g, g]);
+        let decoded = to_vec(vq.decode_latents(z).unwrap());
+        let err = max_diff(&decoded, &r.read_f32(&format!("{key}.decoded")).unwrap());
+        assert!(err <= 1e-4, "{label}: decoded max abs error {err}");
+        // The Tokenizer path returns [0, 1] images of the right size.
+        let img = vq.decode(tokens).unwrap();
+        let v = to_vec(img.clone());
+        assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
+        assert_eq!(img.dims()[2], vq.image_size().0);
+        println!("{label}: latent rel err {rel:.2e}, decoded max err {err:.2e}");
+    }
+}
+
+fn layouts_round_trip<B: Backend>(device: &B::Device) {
+    let vq = Vqgan::<B>::load(fixtures().join("diffusers_attn"), None, device).unwrap();
+    let r = reference();
+    let images = r.tensor::<B, 4>("diffusers_attn.images", device).unwrap();
+    let want = to_vec(vq.encode_latents(images.clone()).unwrap());
+    for layout in [Layout::Taming, Layout::Diffusers] {
+        let dir = std::env::temp_dir().join(format!("ar_refine_vq_rt_{layout:?}_{}", std::process::id()));
+        vq.save(&dir, layout, StoreDtype::F32).unwrap();
+        let again = Vqgan::<B>::load(dir.join("model.safetensors"), None, device).unwrap();
+        assert_eq!(to_vec(again.encode_latents(images.clone()).unwrap()), want, "{layout:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
+    // A config that does not match the weights: every problem is listed.
+    let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
+    cfg.num_res_blocks = 3;
+    let src = ar_refine::io::open_checkpoint(fixtures().join("open_muse/pytorch_model.bin")).unwrap();
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
+    assert!(msg.contains("missing keys:") && msg.contains("encoder.down.0.block.2.conv1.weight"), "{msg}");
+    let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
+    cfg.mid_attention = true;
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
+    assert!(msg.contains("encoder.mid.attn_1.q.weight"), "{msg}");
+    // Weights of a bigger model: the extra tensors are unexpected keys.
+    let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
+    cfg.num_res_blocks = 1;
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
+    assert!(msg.contains("unexpected keys:") && msg.contains("decoder.up.0.block.2.conv1.bias"), "{msg}");
+    let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
+    cfg.embed_dim = 4;
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
+    assert!(msg.contains("shape mismatches: ") && msg.contains("quant_conv.weight"), "{msg}");
+
+    // Corrupt files are checkpoint errors.
+    let dir = std::env::temp_dir().join(format!("ar_refine_vq_bad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("open_muse/config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(fixtures().join("open_muse/pytorch_model.bin")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), &bytes[..bytes.len() / 3]).unwrap();
+    assert!(matches!(Vqgan::<B>::load(dir.join("pytorch_model.bin"), None, device), Err(Error::Checkpoint { .. })));
+    std::fs::write(dir.join("x.safetensors"), b"garbage").unwrap();
+    assert!(matches!(Vqgan::<B>::load(dir.join("x.safetensors"), None, device), Err(Error::Checkpoint { .. })));
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Wrong image shapes, NaN pixels, out-of-range and mis-shaped ids.
+    let vq = Vqgan::<B>::load(fixtures().join("diffusers"), None, device).unwrap();
+    assert!(matches!(vq.encode(Tensor::zeros([1, 3, 32, 64], device)), Err(Error::Shape { .. })));
+    let nan = Tensor::<B, 4>::zeros([1, 3, 64, 64], device).div_scalar(0.0);
+    assert!(matches!(vq.encode(nan), Err(Error::NonFinite { .. })));
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![64i64; 16], [1, 16]), device);
+    assert!(matches!(vq.decode(ids), Err(Error::TokenOutOfRange { id: 64, .. })));
+    assert!(matches!(vq.decode(Tensor::zeros([1, 15], device)), Err(Error::Shape { .. })));
+    // Unsupported or broken configs.
+    assert!(VqganConfig::from_json(&serde_json::json!({"hidden_channels": 8})).is_err());
+    let mut c = VqganConfig::lvm();
+    c.num_groups = 5;
+    assert!(c.validate().is_err());
+}
+
+fn chunked_batches_equal_one_pass<B: Backend>(device: &B::Device) {
+    let vq = Vqgan::<B>::load(fixtures().join("open_muse/pytorch_model.bin"), None, device).unwrap();
+    let images = Tensor::<B, 4>::random([5, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), device);
+    let whole: Vec<i64> = vq.encode(images.clone()).unwrap().into_data().iter::<i64>().collect();
+    let small = vq.clone().with_batch_chunk(2);
+    let parts: Vec<i64> = small.encode(images).unwrap().into_data().iter::<i64>().collect();
+    assert_eq!(whole, parts);
+}
+
+backend_tests!(
+    matches_pytorch_reference,
+    layouts_round_trip,
+    bad_inputs_are_typed_errors,
+    chunked_batches_equal_one_pass,
+);
