@@ -25,8 +25,10 @@
 
 pub mod backbone;
 pub(crate) mod checks;
+pub mod data;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod pipeline;
 pub mod refiner;

@@ -9,8 +9,10 @@
 mod blocks;
 mod config;
 mod model;
+mod train;
 mod vqgan;
 
 pub use config::{PixelRange, VqganConfig};
 pub use model::{Layout, VqganModel};
+pub use train::{reconstruction_psnr, train_vqgan, valid, vq_losses, Recon, VqLosses, VqStepReport, VqTrainConfig};
 pub use vqgan::Vqgan;

@@ -134,7 +134,7 @@ impl<B: Backend> VqganModel<B> {
 
     /// Images `[b, C, H, W]` in the model's pixel range → pre-quantisation latents
     /// `[b, embed_dim, H/f, W/f]` (`quant_conv` output).
-    pub(crate) fn encode_latent(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn encode_latent(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut h = self.enc_conv_in.forward(x);
         let n = self.enc_levels.len();
         for (i, level) in self.enc_levels.iter().enumerate() {
@@ -150,7 +150,7 @@ impl<B: Backend> VqganModel<B> {
     }
 
     /// Quantised latents `[b, embed_dim, h, w]` → images `[b, C, H, W]` in the model's range.
-    pub(crate) fn decode_latent(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn decode_latent(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         let h = self.dec_conv_in.forward(self.post_quant_conv.forward(z));
         let mut h = self.dec_mid.forward(h);
         for level in self.dec_levels.iter().rev() {
