@@ -48,7 +48,8 @@ fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
         }
         Ok(median(v))
     };
-    let rnd = |s: [usize; 2]| Tensor::<B, 2>::random(s, burn::tensor::Distribution::Normal(0.0, 0.02), device);
+    let rnd =
+        |s: [usize; 2]| Tensor::<B, 2>::random(s, burn::tensor::Distribution::Normal(0.0, 0.02), device);
     let (k, n) = (4096, 11008);
     let w_in_out = rnd([k, n]);
     let w_out_in = rnd([n, k]);
@@ -93,7 +94,10 @@ fn main() -> AnyResult<()> {
         let model = Llama::<B>::new(config.clone(), &device)?;
         B::sync(&device)?;
         let params = model.num_params();
-        eprintln!("{shape}: {params} parameters, init {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "{shape}: {params} parameters, init {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         for b in batches.split(',') {
             let b: usize = b.parse()?;
             let mut rng = SplitMix64::new(7);
@@ -102,7 +106,12 @@ fn main() -> AnyResult<()> {
             let run = |n: usize| -> AnyResult<f64> {
                 B::sync(&device)?;
                 let t = Instant::now();
-                let out = model.generate_with(prompt.clone(), n, &Sampling::greedy(), GenerateOptions::default())?;
+                let out = model.generate_with(
+                    prompt.clone(),
+                    n,
+                    &Sampling::greedy(),
+                    GenerateOptions::default(),
+                )?;
                 let _ = out.tokens.into_data();
                 B::sync(&device)?;
                 Ok(t.elapsed().as_secs_f64() * 1e3)

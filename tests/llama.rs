@@ -39,10 +39,12 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 fn logits_match_transformers<B: Backend>(device: &B::Device) {
     let r = reference();
-    for name in ["gqa", "gqa_sharded", "lvm", "tied"] {
+    for name in ["gqa", "gqa_sharded", "lvm", "pair", "tied"] {
         let model = Llama::<B>::from_pretrained(fixtures().join(name), device).unwrap();
         let base = name.trim_end_matches("_sharded");
-        let out = model.forward(ids(&r, &format!("{base}.input_ids"), device), true).unwrap();
+        let out = model
+            .forward(ids(&r, &format!("{base}.input_ids"), device), true)
+            .unwrap();
         let want = r.read_f32(&format!("{base}.logits")).unwrap();
         let err = rel_err(&to_vec(out.logits), &want);
         assert!(err <= 1e-4, "{name}: logits relative error {err}");
@@ -51,7 +53,7 @@ fn logits_match_transformers<B: Backend>(device: &B::Device) {
 
 fn greedy_matches_transformers_with_and_without_cache<B: Backend>(device: &B::Device) {
     let r = reference();
-    for name in ["gqa", "lvm", "tied"] {
+    for name in ["gqa", "lvm", "pair", "tied"] {
         let model = Llama::<B>::from_pretrained(fixtures().join(name), device).unwrap();
         let prompt = ids(&r, &format!("{name}.prompt"), device);
         let want: Vec<i64> = r
@@ -61,9 +63,17 @@ fn greedy_matches_transformers_with_and_without_cache<B: Backend>(device: &B::De
             .map(|x| *x as i64)
             .collect();
         let cached = model.generate(prompt.clone(), 32, &Sampling::greedy()).unwrap();
-        assert_eq!(ids_vec(cached), want, "{name}: KV-cache greedy differs from transformers");
+        assert_eq!(
+            ids_vec(cached),
+            want,
+            "{name}: KV-cache greedy differs from transformers"
+        );
         let uncached = generate_by_forward(&model, prompt, 32, &Sampling::greedy()).unwrap();
-        assert_eq!(ids_vec(uncached), want, "{name}: uncached greedy differs from transformers");
+        assert_eq!(
+            ids_vec(uncached),
+            want,
+            "{name}: uncached greedy differs from transformers"
+        );
     }
 }
 
@@ -72,7 +82,10 @@ fn greedy_matches_transformers_with_and_without_cache<B: Backend>(device: &B::De
 fn cached_sampling_equals_uncached<B: Backend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
     let prompt = ids(&reference(), "gqa.input_ids", device);
-    let s = Sampling::temperature(1.0).with_top_k(20).with_top_p(0.95).with_seed(3);
+    let s = Sampling::temperature(1.0)
+        .with_top_k(20)
+        .with_top_p(0.95)
+        .with_seed(3);
     let mut steps = 0;
     let mut count = |_: usize, ids: &[i64]| {
         assert_eq!(ids.len(), 2);
@@ -122,15 +135,22 @@ fn bad_checkpoints_and_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     cfg.num_key_value_heads = Some(4);
     cfg.num_hidden_layers = 3;
     let file = SafetensorsFile::open(fixtures().join("gqa")).unwrap();
-    let msg = Llama::<B>::from_checkpoint(cfg, &file, device).unwrap_err().to_string();
+    let msg = Llama::<B>::from_checkpoint(cfg, &file, device)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("missing keys: model.layers.2."), "{msg}");
-    assert!(msg.contains("model.layers.0.self_attn.k_proj.weight: checkpoint [16, 32], model [32, 32]"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.self_attn.k_proj.weight: checkpoint [16, 32], model [32, 32]"),
+        "{msg}"
+    );
 
     // Extra tensors are unexpected keys.
     let cfg = LlamaConfig::from_file(fixtures().join("gqa")).unwrap();
     let mut small = cfg.clone();
     small.num_hidden_layers = 1;
-    let msg = Llama::<B>::from_checkpoint(small, &file, device).unwrap_err().to_string();
+    let msg = Llama::<B>::from_checkpoint(small, &file, device)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("unexpected keys: model.layers.1."), "{msg}");
 
     // A truncated file is a checkpoint error, not a panic.
@@ -139,14 +159,23 @@ fn bad_checkpoints_and_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     let bytes = std::fs::read(fixtures().join("gqa/model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::copy(fixtures().join("gqa/config.json"), dir.join("config.json")).unwrap();
-    assert!(matches!(Llama::<B>::from_pretrained(&dir, device), Err(Error::Checkpoint { .. })));
+    assert!(matches!(
+        Llama::<B>::from_pretrained(&dir, device),
+        Err(Error::Checkpoint { .. })
+    ));
     std::fs::remove_dir_all(&dir).ok();
 
     // Ids outside the vocabulary, empty prompts and a zero-length request.
     let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
     let bad = Tensor::<B, 2, Int>::from_ints([[1, 96]], device);
-    assert!(matches!(model.forward(bad.clone(), false), Err(Error::TokenOutOfRange { id: 96, .. })));
-    assert!(matches!(model.generate(bad, 4, &Sampling::greedy()), Err(Error::TokenOutOfRange { .. })));
+    assert!(matches!(
+        model.forward(bad.clone(), false),
+        Err(Error::TokenOutOfRange { id: 96, .. })
+    ));
+    assert!(matches!(
+        model.generate(bad, 4, &Sampling::greedy()),
+        Err(Error::TokenOutOfRange { .. })
+    ));
     let ok = Tensor::<B, 2, Int>::from_ints([[1, 2]], device);
     assert!(model.generate(ok.clone(), 0, &Sampling::greedy()).is_err());
     let too_long = Tensor::<B, 2, Int>::zeros([1, 129], device);

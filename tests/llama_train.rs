@@ -35,7 +35,9 @@ fn sequences(n: usize, len: usize, seed: u64) -> Vec<Vec<i64>> {
 }
 
 fn tiny() -> LlamaConfig {
-    LlamaConfig::new(24, 32, 64, 2, 4).with_kv_heads(2).with_context(64)
+    LlamaConfig::new(24, 32, 64, 2, 4)
+        .with_kv_heads(2)
+        .with_context(64)
 }
 
 fn mean(v: &[f32]) -> f32 {
@@ -79,7 +81,12 @@ fn resume_continues_the_same_loss_curve() {
     let (_, resumed) = train_lm(fresh, &data, &cfg, Some(&part), &mut |_| {}).unwrap();
     assert_eq!(resumed.step, 10);
     for (a, b) in full.losses.iter().zip(&resumed.losses) {
-        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{:?} vs {:?}", full.losses, resumed.losses);
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "{:?} vs {:?}",
+            full.losses,
+            resumed.losses
+        );
     }
 
     // A corrupt checkpoint is an error, and so is another config in the same directory.
@@ -105,7 +112,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Tensors of two safetensors files that differ (by name).
 fn changed(a: &Path, b: &Path) -> (usize, usize) {
-    let (fa, fb) = (SafetensorsFile::open(a).unwrap(), SafetensorsFile::open(b).unwrap());
+    let (fa, fb) = (
+        SafetensorsFile::open(a).unwrap(),
+        SafetensorsFile::open(b).unwrap(),
+    );
     let keys = fa.keys();
     let n = keys
         .iter()
@@ -131,13 +141,23 @@ fn lora_trains_only_the_adapters_and_round_trips() {
     let data = sequences(64, 24, 3);
     let cfg = LmTrainConfig::new(30, 8, 1e-2);
     let (trained, state) = train_lm(model, &data, &cfg, None, &mut |_| {}).unwrap();
-    assert!(mean(&state.losses[25..]) < mean(&state.losses[..5]), "{:?}", state.losses);
+    assert!(
+        mean(&state.losses[25..]) < mean(&state.losses[..5]),
+        "{:?}",
+        state.losses
+    );
 
     // Base weights: none changed. Adapters: every matrix changed.
     let after = tmp("lora_after");
     trained.save_pretrained(&after, StoreDtype::F32).unwrap();
-    let (base_changed, base_total) = changed(&before.join("model.safetensors"), &after.join("model.safetensors"));
-    assert_eq!(base_changed, 0, "{base_changed} of {base_total} base tensors changed");
+    let (base_changed, base_total) = changed(
+        &before.join("model.safetensors"),
+        &after.join("model.safetensors"),
+    );
+    assert_eq!(
+        base_changed, 0,
+        "{base_changed} of {base_total} base tensors changed"
+    );
     let adapters = tmp("lora_trained");
     save_lora(&trained, &lora, &adapters).unwrap();
     let f = init_dir.join("adapter_model.safetensors");

@@ -58,7 +58,10 @@ fn matches_pytorch_reference<B: Backend>(device: &B::Device) {
         let want_ids = r.read_f32(&format!("{key}.ids")).unwrap();
         let gaps = r.read_f32(&format!("{key}.gap")).unwrap();
         for ((g, w), gap) in ids.iter().zip(&want_ids).zip(&gaps) {
-            assert!(*g == *w as i64 || *gap < 1e-6, "{label}: id {g} vs {w} (gap {gap})");
+            assert!(
+                *g == *w as i64 || *gap < 1e-6,
+                "{label}: id {g} vs {w} (gap {gap})"
+            );
         }
 
         // Decoding the reference ids: max abs error <= 1e-4 in the model's own range.
@@ -66,7 +69,12 @@ fn matches_pytorch_reference<B: Backend>(device: &B::Device) {
         let ref_ids: Vec<i64> = want_ids.iter().map(|x| *x as i64).collect();
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ref_ids, [shape[0], shape[1]]), device);
         let g = vq.grid().rows;
-        let z = vq.codebook().embed(tokens.clone()).unwrap().swap_dims(1, 2).reshape([shape[0], vq.code_dim(), g, g]);
+        let z = vq
+            .codebook()
+            .embed(tokens.clone())
+            .unwrap()
+            .swap_dims(1, 2)
+            .reshape([shape[0], vq.code_dim(), g, g]);
         let decoded = to_vec(vq.decode_latents(z).unwrap());
         let err = max_diff(&decoded, &r.read_f32(&format!("{key}.decoded")).unwrap());
         assert!(err <= 1e-4, "{label}: decoded max abs error {err}");
@@ -88,7 +96,11 @@ fn layouts_round_trip<B: Backend>(device: &B::Device) {
         let dir = std::env::temp_dir().join(format!("ar_refine_vq_rt_{layout:?}_{}", std::process::id()));
         vq.save(&dir, layout, StoreDtype::F32).unwrap();
         let again = Vqgan::<B>::load(dir.join("model.safetensors"), None, device).unwrap();
-        assert_eq!(to_vec(again.encode_latents(images.clone()).unwrap()), want, "{layout:?}");
+        assert_eq!(
+            to_vec(again.encode_latents(images.clone()).unwrap()),
+            want,
+            "{layout:?}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }
@@ -98,21 +110,38 @@ fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
     cfg.num_res_blocks = 3;
     let src = ar_refine::io::open_checkpoint(fixtures().join("open_muse/pytorch_model.bin")).unwrap();
-    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
-    assert!(msg.contains("missing keys:") && msg.contains("encoder.down.0.block.2.conv1.weight"), "{msg}");
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("missing keys:") && msg.contains("encoder.down.0.block.2.conv1.weight"),
+        "{msg}"
+    );
     let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
     cfg.mid_attention = true;
-    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("encoder.mid.attn_1.q.weight"), "{msg}");
     // Weights of a bigger model: the extra tensors are unexpected keys.
     let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
     cfg.num_res_blocks = 1;
-    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
-    assert!(msg.contains("unexpected keys:") && msg.contains("decoder.up.0.block.2.conv1.bias"), "{msg}");
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unexpected keys:") && msg.contains("decoder.up.0.block.2.conv1.bias"),
+        "{msg}"
+    );
     let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
     cfg.embed_dim = 4;
-    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device).unwrap_err().to_string();
-    assert!(msg.contains("shape mismatches: ") && msg.contains("quant_conv.weight"), "{msg}");
+    let msg = Vqgan::<B>::from_checkpoint(cfg, src.as_ref(), device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("shape mismatches: ") && msg.contains("quant_conv.weight"),
+        "{msg}"
+    );
 
     // Corrupt files are checkpoint errors.
     let dir = std::env::temp_dir().join(format!("ar_refine_vq_bad_{}", std::process::id()));
@@ -120,19 +149,34 @@ fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     std::fs::copy(fixtures().join("open_muse/config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(fixtures().join("open_muse/pytorch_model.bin")).unwrap();
     std::fs::write(dir.join("pytorch_model.bin"), &bytes[..bytes.len() / 3]).unwrap();
-    assert!(matches!(Vqgan::<B>::load(dir.join("pytorch_model.bin"), None, device), Err(Error::Checkpoint { .. })));
+    assert!(matches!(
+        Vqgan::<B>::load(dir.join("pytorch_model.bin"), None, device),
+        Err(Error::Checkpoint { .. })
+    ));
     std::fs::write(dir.join("x.safetensors"), b"garbage").unwrap();
-    assert!(matches!(Vqgan::<B>::load(dir.join("x.safetensors"), None, device), Err(Error::Checkpoint { .. })));
+    assert!(matches!(
+        Vqgan::<B>::load(dir.join("x.safetensors"), None, device),
+        Err(Error::Checkpoint { .. })
+    ));
     std::fs::remove_dir_all(&dir).ok();
 
     // Wrong image shapes, NaN pixels, out-of-range and mis-shaped ids.
     let vq = Vqgan::<B>::load(fixtures().join("diffusers"), None, device).unwrap();
-    assert!(matches!(vq.encode(Tensor::zeros([1, 3, 32, 64], device)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        vq.encode(Tensor::zeros([1, 3, 32, 64], device)),
+        Err(Error::Shape { .. })
+    ));
     let nan = Tensor::<B, 4>::zeros([1, 3, 64, 64], device).div_scalar(0.0);
     assert!(matches!(vq.encode(nan), Err(Error::NonFinite { .. })));
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![64i64; 16], [1, 16]), device);
-    assert!(matches!(vq.decode(ids), Err(Error::TokenOutOfRange { id: 64, .. })));
-    assert!(matches!(vq.decode(Tensor::zeros([1, 15], device)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        vq.decode(ids),
+        Err(Error::TokenOutOfRange { id: 64, .. })
+    ));
+    assert!(matches!(
+        vq.decode(Tensor::zeros([1, 15], device)),
+        Err(Error::Shape { .. })
+    ));
     // Unsupported or broken configs.
     assert!(VqganConfig::from_json(&serde_json::json!({"hidden_channels": 8})).is_err());
     let mut c = VqganConfig::lvm();
@@ -142,8 +186,17 @@ fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
 
 fn chunked_batches_equal_one_pass<B: Backend>(device: &B::Device) {
     let vq = Vqgan::<B>::load(fixtures().join("open_muse/pytorch_model.bin"), None, device).unwrap();
-    let images = Tensor::<B, 4>::random([5, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), device);
-    let whole: Vec<i64> = vq.encode(images.clone()).unwrap().into_data().iter::<i64>().collect();
+    let images = Tensor::<B, 4>::random(
+        [5, 3, 64, 64],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        device,
+    );
+    let whole: Vec<i64> = vq
+        .encode(images.clone())
+        .unwrap()
+        .into_data()
+        .iter::<i64>()
+        .collect();
     let small = vq.clone().with_batch_chunk(2);
     let parts: Vec<i64> = small.encode(images).unwrap().into_data().iter::<i64>().collect();
     assert_eq!(whole, parts);

@@ -2,7 +2,9 @@
 //! the shared data is absent) and dead codes are restarted.
 
 use ar_refine::data::ImageSet;
-use ar_refine::tokenizer::{reconstruction_psnr, train_vqgan, valid, PixelRange, Vqgan, VqTrainConfig, VqganConfig};
+use ar_refine::tokenizer::{
+    reconstruction_psnr, train_vqgan, valid, PixelRange, VqTrainConfig, Vqgan, VqganConfig,
+};
 use burn::backend::{Autodiff, NdArray};
 
 fn photos() -> ImageSet {

@@ -32,7 +32,9 @@ impl Args {
                 values.insert(name, "true".into());
                 continue;
             }
-            let v = it.next().ok_or_else(|| format!("--{name} needs a value\n\n{usage}"))?;
+            let v = it
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value\n\n{usage}"))?;
             values.insert(name, v);
         }
         Ok(Self { values, usage })

@@ -8,6 +8,6 @@ mod sampling;
 pub use generate::generate_by_forward;
 pub use llama::{
     lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama, LlamaConfig,
-    LmTrainConfig, LoraConfig, ProjName, StepReport,
+    LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback,
 };
 pub use sampling::Sampling;

@@ -32,7 +32,7 @@ impl ImageSet {
     /// Images from raw bytes `[n, size, size, 3]`.
     pub fn from_pixels(pixels: Vec<u8>, size: usize) -> Result<Self> {
         let one = size * size * 3;
-        if size == 0 || pixels.is_empty() || pixels.len() % one != 0 {
+        if size == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(one) {
             return Err(Error::Config(format!(
                 "{} bytes are not a whole number of {size}×{size} RGB images",
                 pixels.len()
@@ -62,7 +62,9 @@ impl ImageSet {
                 let path = dir.join(format!("train-{m:03}.jpg"));
                 current = Some((m, read_rgb(&path)?));
             }
-            let Some((_, mosaic)) = current.as_ref() else { continue };
+            let Some((_, mosaic)) = current.as_ref() else {
+                continue;
+            };
             if mosaic.width() as usize != 32 * TILE || mosaic.height() as usize != 32 * TILE {
                 return Err(Error::Config(format!("mosaic train-{m:03}.jpg is not 2048×2048")));
             }
@@ -85,13 +87,20 @@ impl ImageSet {
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+                let ext = p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("")
+                    .to_lowercase();
                 matches!(ext.as_str(), "png" | "jpg" | "jpeg")
             })
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::Config(format!("{} holds no PNG or JPEG images", dir.display())));
+            return Err(Error::Config(format!(
+                "{} holds no PNG or JPEG images",
+                dir.display()
+            )));
         }
         let mut pixels = Vec::with_capacity(files.len() * size * size * 3);
         for f in &files {
@@ -110,7 +119,11 @@ impl ImageSet {
         let s = size as f32;
         for _ in 0..n.max(1) {
             let base: Vec<f32> = (0..6).map(|_| rng.uniform(0.0, 1.0)).collect();
-            let (cx, cy, r) = (rng.uniform(0.0, s), rng.uniform(0.0, s), rng.uniform(0.1, 0.35) * s);
+            let (cx, cy, r) = (
+                rng.uniform(0.0, s),
+                rng.uniform(0.0, s),
+                rng.uniform(0.1, 0.35) * s,
+            );
             let disc: Vec<f32> = (0..3).map(|_| rng.uniform(0.0, 1.0)).collect();
             let (bar, bw) = (rng.uniform(0.0, s), rng.uniform(0.05, 0.2) * s);
             let bar_c: Vec<f32> = (0..3).map(|_| rng.uniform(0.0, 1.0)).collect();
@@ -143,7 +156,10 @@ impl ImageSet {
             std::env::var_os("AR_REFINE_DATA").map(PathBuf::from),
             Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
         ];
-        candidates.into_iter().flatten().find(|d| d.join("val.u8").is_file())
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|d| d.join("val.u8").is_file())
     }
 
     /// Number of images.
@@ -197,7 +213,10 @@ impl ImageSet {
                 }
             }
         }
-        Ok(Tensor::from_data(TensorData::new(v, [indices.len(), 3, s, s]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(v, [indices.len(), 3, s, s]),
+            device,
+        ))
     }
 
     /// The same images resized to `size × size` (bilinear).
@@ -207,9 +226,15 @@ impl ImageSet {
         }
         let mut pixels = Vec::with_capacity(self.len() * size * size * 3);
         for i in 0..self.len() {
-            let img = RgbImage::from_raw(self.size as u32, self.size as u32, self.pixels(i).unwrap_or(&[]).to_vec())
-                .ok_or_else(|| Error::Config("image buffer size mismatch".into()))?;
-            pixels.extend_from_slice(image::imageops::resize(&img, size as u32, size as u32, FilterType::Triangle).as_raw());
+            let img = RgbImage::from_raw(
+                self.size as u32,
+                self.size as u32,
+                self.pixels(i).unwrap_or(&[]).to_vec(),
+            )
+            .ok_or_else(|| Error::Config("image buffer size mismatch".into()))?;
+            pixels.extend_from_slice(
+                image::imageops::resize(&img, size as u32, size as u32, FilterType::Triangle).as_raw(),
+            );
         }
         Self::from_pixels(pixels, size)
     }

@@ -19,13 +19,23 @@ use crate::error::{Error, Result};
 /// ```
 pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
     if a.dims() != b.dims() {
-        return Err(Error::shape("psnr second image", format!("{:?}", a.dims()), &b.dims()));
+        return Err(Error::shape(
+            "psnr second image",
+            format!("{:?}", a.dims()),
+            &b.dims(),
+        ));
     }
     let n = a.dims()[0];
     let mse = read_f32((a - b).powi_scalar(2).reshape([n as i32, -1]).mean_dim(1))?;
     let per: Vec<f64> = mse
         .iter()
-        .map(|m| if *m <= 1e-10 { 100.0 } else { -10.0 * (*m as f64).log10() })
+        .map(|m| {
+            if *m <= 1e-10 {
+                100.0
+            } else {
+                -10.0 * (*m as f64).log10()
+            }
+        })
         .collect();
     Ok(per.iter().sum::<f64>() / n.max(1) as f64)
 }
@@ -33,7 +43,11 @@ pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
 /// Fraction of equal ids between `a` and `b` (same shape).
 pub fn token_accuracy<B: Backend>(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> Result<f64> {
     if a.dims() != b.dims() {
-        return Err(Error::shape("token_accuracy second ids", format!("{:?}", a.dims()), &b.dims()));
+        return Err(Error::shape(
+            "token_accuracy second ids",
+            format!("{:?}", a.dims()),
+            &b.dims(),
+        ));
     }
     let (x, y) = (read_i64(a)?, read_i64(b)?);
     Ok(x.iter().zip(&y).filter(|(p, q)| p == q).count() as f64 / x.len().max(1) as f64)

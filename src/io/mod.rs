@@ -8,10 +8,10 @@ mod safetensors;
 mod source;
 
 pub use self::image::{load_image, rgb_to_tensor, save_image, save_image_grid, tensor_to_rgb};
-pub use atomic::write_atomic;
-pub use source::{open_checkpoint, TensorSource};
-pub use checksum::fnv1a64;
 pub use self::pytorch::PytorchFile;
 pub use self::safetensors::{
     save_safetensors, save_safetensors_with_metadata, KeyReport, SafetensorsFile, StoreDtype,
 };
+pub use atomic::write_atomic;
+pub use checksum::fnv1a64;
+pub use source::{open_checkpoint, TensorSource};

@@ -29,16 +29,21 @@ impl PytorchFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
         }
         let reader = PytorchReader::new(path).map_err(|e| Error::Checkpoint {
             path: path.to_path_buf(),
             reason: format!("not a readable PyTorch checkpoint: {e}"),
         })?;
         let all = reader.into_tensors();
-        let nested = ["state_dict.", "model."]
-            .into_iter()
-            .find(|p| !all.is_empty() && all.keys().all(|k| k.starts_with(p) || !k.contains('.')) && all.keys().any(|k| k.starts_with(p)));
+        let nested = ["state_dict.", "model."].into_iter().find(|p| {
+            !all.is_empty()
+                && all.keys().all(|k| k.starts_with(p) || !k.contains('.'))
+                && all.keys().any(|k| k.starts_with(p))
+        });
         let tensors = all
             .into_iter()
             .filter_map(|(k, v)| match nested {
@@ -71,11 +76,19 @@ impl TensorSource for PytorchFile {
             path: self.path.clone(),
             reason,
         };
-        let t = self.tensors.get(key).ok_or_else(|| bad(format!("missing tensor {key}")))?;
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| bad(format!("missing tensor {key}")))?;
         if !matches!(t.dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
-            return Err(bad(format!("tensor {key} has dtype {:?}; expected a float type", t.dtype)));
+            return Err(bad(format!(
+                "tensor {key} has dtype {:?}; expected a float type",
+                t.dtype
+            )));
         }
-        let data = t.to_data().map_err(|e| bad(format!("cannot read tensor {key}: {e:?}")))?;
+        let data = t
+            .to_data()
+            .map_err(|e| bad(format!("cannot read tensor {key}: {e:?}")))?;
         let data = data.convert::<f32>();
         data.to_vec::<f32>()
             .map_err(|e| bad(format!("cannot read tensor {key}: {e:?}")))

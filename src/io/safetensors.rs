@@ -80,7 +80,10 @@ impl SafetensorsFile {
                 .as_str()
                 .ok_or_else(|| checkpoint(index, format!("weight_map entry {key} is not a file name")))?;
             if file.contains("..") || Path::new(file).is_absolute() {
-                return Err(checkpoint(index, format!("shard name {file:?} leaves the directory")));
+                return Err(checkpoint(
+                    index,
+                    format!("shard name {file:?} leaves the directory"),
+                ));
             }
             shards.insert(file.to_string());
         }
@@ -90,7 +93,10 @@ impl SafetensorsFile {
         if !missing.is_empty() {
             return Err(checkpoint(
                 index,
-                format!("index lists tensors that no shard holds: {}", list(missing.iter())),
+                format!(
+                    "index lists tensors that no shard holds: {}",
+                    list(missing.iter())
+                ),
             ));
         }
         Ok(me)
@@ -156,7 +162,10 @@ impl SafetensorsFile {
             }
         };
         if raw.len() != n * width {
-            return Err(checkpoint(file, format!("tensor {key} data has the wrong length")));
+            return Err(checkpoint(
+                file,
+                format!("tensor {key} data has the wrong length"),
+            ));
         }
         let out = match e.dtype {
             Dtype::F16 => raw
@@ -178,7 +187,6 @@ impl SafetensorsFile {
         };
         Ok(out)
     }
-
 }
 
 impl TensorSource for SafetensorsFile {

@@ -36,10 +36,16 @@ pub trait TensorSource {
         if shape.len() != D {
             return Err(Error::Checkpoint {
                 path: self.path().to_path_buf(),
-                reason: format!("tensor {key} has rank {} ({shape:?}); expected rank {D}", shape.len()),
+                reason: format!(
+                    "tensor {key} has rank {} ({shape:?}); expected rank {D}",
+                    shape.len()
+                ),
             });
         }
-        Ok(Tensor::from_data(TensorData::new(self.read_f32(key)?, shape), device))
+        Ok(Tensor::from_data(
+            TensorData::new(self.read_f32(key)?, shape),
+            device,
+        ))
     }
 }
 

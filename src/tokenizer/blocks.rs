@@ -16,7 +16,14 @@ pub(crate) fn norm<B: Backend>(channels: usize, groups: usize, device: &B::Devic
 }
 
 /// A `k×k` convolution with bias, stride `stride`, zero padding `pad`.
-pub(crate) fn conv<B: Backend>(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, device: &B::Device) -> Conv2d<B> {
+pub(crate) fn conv<B: Backend>(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
     Conv2dConfig::new([c_in, c_out], [k, k])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))

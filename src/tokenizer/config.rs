@@ -121,7 +121,7 @@ impl VqganConfig {
             return bad(format!("{n} must be >= 1"));
         }
         for l in 0..self.channel_mult.len() {
-            if self.width(l) % self.num_groups != 0 {
+            if !self.width(l).is_multiple_of(self.num_groups) {
                 return bad(format!(
                     "level {l} width {} is not divisible by num_groups {}",
                     self.width(l),
@@ -129,7 +129,7 @@ impl VqganConfig {
                 ));
             }
         }
-        if self.resolution == 0 || self.resolution % self.downsampling() != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(self.downsampling()) {
             return bad(format!(
                 "resolution {} must be a positive multiple of the downsampling {}",
                 self.resolution,
@@ -180,7 +180,9 @@ impl VqganConfig {
 
     fn from_open_muse(v: &Value) -> Result<Self> {
         if v.get("resample_with_conv").and_then(Value::as_bool) == Some(false) {
-            return Err(Error::Config("resample_with_conv = false (pooling resamplers) is not supported".into()));
+            return Err(Error::Config(
+                "resample_with_conv = false (pooling resamplers) is not supported".into(),
+            ));
         }
         Ok(Self {
             in_channels: usize_or(v, "num_channels", 3)?,
@@ -189,7 +191,10 @@ impl VqganConfig {
             channel_mult: usize_list(v, "channel_mult")?,
             num_res_blocks: usize_req(v, "num_res_blocks")?,
             attn_resolutions: usize_list_or_empty(v, "attn_resolutions")?,
-            mid_attention: !v.get("no_attn_mid_block").and_then(Value::as_bool).unwrap_or(false),
+            mid_attention: !v
+                .get("no_attn_mid_block")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             z_channels: usize_req(v, "z_channels")?,
             embed_dim: usize_req(v, "quantized_embed_dim")?,
             num_embeddings: usize_req(v, "num_embeddings")?,
@@ -204,11 +209,15 @@ impl VqganConfig {
         let widths = usize_list(v, "block_out_channels")?;
         let first = widths[0];
         if widths.iter().any(|w| w % first != 0) {
-            return Err(Error::Config(format!("block_out_channels {widths:?} are not multiples of the first")));
+            return Err(Error::Config(format!(
+                "block_out_channels {widths:?} are not multiples of the first"
+            )));
         }
         if let Some(t) = v.get("norm_type").and_then(Value::as_str) {
             if t != "group" {
-                return Err(Error::Config(format!("norm_type {t:?} is not supported (only \"group\")")));
+                return Err(Error::Config(format!(
+                    "norm_type {t:?} is not supported (only \"group\")"
+                )));
             }
         }
         let resolution = usize_or(v, "sample_size", 256)?;
@@ -231,9 +240,15 @@ impl VqganConfig {
             channel_mult: widths.iter().map(|w| w / first).collect(),
             num_res_blocks: usize_or(v, "layers_per_block", 1)?,
             attn_resolutions,
-            mid_attention: v.get("mid_block_add_attention").and_then(Value::as_bool).unwrap_or(true),
+            mid_attention: v
+                .get("mid_block_add_attention")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             z_channels: latent,
-            embed_dim: v.get("vq_embed_dim").and_then(Value::as_u64).map_or(latent, |x| x as usize),
+            embed_dim: v
+                .get("vq_embed_dim")
+                .and_then(Value::as_u64)
+                .map_or(latent, |x| x as usize),
             num_embeddings: usize_req(v, "num_vq_embeddings")?,
             resolution,
             num_groups: usize_or(v, "norm_num_groups", 32)?,
@@ -247,7 +262,9 @@ impl VqganConfig {
             .get("ddconfig")
             .ok_or_else(|| Error::Config("taming config has no ddconfig".into()))?;
         if dd.get("double_z").and_then(Value::as_bool) == Some(true) {
-            return Err(Error::Config("double_z = true is a KL autoencoder, not a VQGAN".into()));
+            return Err(Error::Config(
+                "double_z = true is a KL autoencoder, not a VQGAN".into(),
+            ));
         }
         Ok(Self {
             in_channels: usize_or(dd, "in_channels", 3)?,
@@ -290,7 +307,9 @@ fn usize_list(v: &Value, key: &str) -> Result<Vec<usize>> {
     let out: Option<Vec<usize>> = a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect();
     match out {
         Some(o) if !o.is_empty() => Ok(o),
-        _ => Err(Error::Config(format!("{key:?} must be a non-empty list of integers"))),
+        _ => Err(Error::Config(format!(
+            "{key:?} must be a non-empty list of integers"
+        ))),
     }
 }
 

@@ -14,5 +14,7 @@ mod vqgan;
 
 pub use config::{PixelRange, VqganConfig};
 pub use model::{Layout, VqganModel};
-pub use train::{reconstruction_psnr, train_vqgan, valid, vq_losses, Recon, VqLosses, VqStepReport, VqTrainConfig};
+pub use train::{
+    reconstruction_psnr, train_vqgan, valid, vq_losses, Recon, VqLosses, VqStepReport, VqTrainConfig,
+};
 pub use vqgan::Vqgan;

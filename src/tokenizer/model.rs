@@ -30,7 +30,9 @@ impl<B: Backend> Mid<B> {
     fn new(c: usize, cfg: &VqganConfig, device: &B::Device) -> Self {
         Self {
             block_1: ResnetBlock::new(c, c, cfg.num_groups, device),
-            attn_1: cfg.mid_attention.then(|| AttnBlock::new(c, cfg.num_groups, device)),
+            attn_1: cfg
+                .mid_attention
+                .then(|| AttnBlock::new(c, cfg.num_groups, device)),
             block_2: ResnetBlock::new(c, c, cfg.num_groups, device),
         }
     }
@@ -76,14 +78,20 @@ impl<B: Backend> VqganModel<B> {
         let attn_at = |level: usize| cfg.attn_resolutions.contains(&(cfg.resolution >> level));
         let enc_levels = (0..n)
             .map(|i| {
-                let c_in = if i == 0 { cfg.hidden_channels } else { cfg.width(i - 1) };
+                let c_in = if i == 0 {
+                    cfg.hidden_channels
+                } else {
+                    cfg.width(i - 1)
+                };
                 let c_out = cfg.width(i);
                 Level {
                     blocks: (0..cfg.num_res_blocks)
                         .map(|j| ResnetBlock::new(if j == 0 { c_in } else { c_out }, c_out, g, device))
                         .collect(),
                     attns: if attn_at(i) {
-                        (0..cfg.num_res_blocks).map(|_| AttnBlock::new(c_out, g, device)).collect()
+                        (0..cfg.num_res_blocks)
+                            .map(|_| AttnBlock::new(c_out, g, device))
+                            .collect()
                     } else {
                         vec![]
                     },
@@ -101,7 +109,9 @@ impl<B: Backend> VqganModel<B> {
                         .map(|j| ResnetBlock::new(if j == 0 { c_in } else { c_out }, c_out, g, device))
                         .collect(),
                     attns: if attn_at(i) {
-                        (0..=cfg.num_res_blocks).map(|_| AttnBlock::new(c_out, g, device)).collect()
+                        (0..=cfg.num_res_blocks)
+                            .map(|_| AttnBlock::new(c_out, g, device))
+                            .collect()
                     } else {
                         vec![]
                     },
@@ -187,7 +197,10 @@ pub enum Layout {
 impl Layout {
     /// Guesses the layout from a checkpoint's key names.
     pub fn detect(keys: &[String]) -> Self {
-        if keys.iter().any(|k| k.starts_with("encoder.down_blocks.") || k.starts_with("decoder.up_blocks.")) {
+        if keys
+            .iter()
+            .any(|k| k.starts_with("encoder.down_blocks.") || k.starts_with("decoder.up_blocks."))
+        {
             Self::Diffusers
         } else {
             Self::Taming
@@ -236,7 +249,11 @@ fn visit_attn<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, a: &mut AttnBlock
 fn visit_mid<B: Backend>(v: &mut dyn PartVisitor<B>, side: &str, m: &mut Mid<B>, layout: Layout) {
     let (b1, at, b2) = match layout {
         Layout::Taming => ("mid.block_1", "mid.attn_1", "mid.block_2"),
-        Layout::Diffusers => ("mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"),
+        Layout::Diffusers => (
+            "mid_block.resnets.0",
+            "mid_block.attentions.0",
+            "mid_block.resnets.1",
+        ),
     };
     visit_resnet(v, &format!("{side}.{b1}"), &mut m.block_1, layout);
     if let Some(a) = m.attn_1.as_mut() {
@@ -250,10 +267,20 @@ impl<B: Backend> VqganModel<B> {
     pub(crate) fn visit_parts(&mut self, v: &mut dyn PartVisitor<B>, layout: Layout) {
         let n = self.enc_levels.len();
         let (norm_out, level_names) = match layout {
-            Layout::Taming => ("norm_out", ["down", "block", "attn", "downsample.conv", "up", "upsample.conv"]),
+            Layout::Taming => (
+                "norm_out",
+                ["down", "block", "attn", "downsample.conv", "up", "upsample.conv"],
+            ),
             Layout::Diffusers => (
                 "conv_norm_out",
-                ["down_blocks", "resnets", "attentions", "downsamplers.0.conv", "up_blocks", "upsamplers.0.conv"],
+                [
+                    "down_blocks",
+                    "resnets",
+                    "attentions",
+                    "downsamplers.0.conv",
+                    "up_blocks",
+                    "upsamplers.0.conv",
+                ],
             ),
         };
         let [down, block, attn, down_conv, up, up_conv] = level_names;
@@ -283,7 +310,13 @@ impl<B: Backend> VqganModel<B> {
     }
 }
 
-fn visit_level<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, level: &mut Level<B>, names: [&str; 3], layout: Layout) {
+fn visit_level<B: Backend>(
+    v: &mut dyn PartVisitor<B>,
+    p: &str,
+    level: &mut Level<B>,
+    names: [&str; 3],
+    layout: Layout,
+) {
     let [block, attn, resample] = names;
     for (j, b) in level.blocks.iter_mut().enumerate() {
         visit_resnet(v, &format!("{p}.{block}.{j}"), b, layout);

@@ -18,7 +18,9 @@ use crate::data::ImageSet;
 use crate::decode::{nearest_codes, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine};
+use crate::train::{
+    clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine,
+};
 
 /// Reconstruction loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,10 +120,19 @@ pub fn vq_losses<B: Backend>(
     };
     let z = model.encode_latent(target.clone());
     let [b, d, h, w] = z.dims();
-    let flat = z.clone().reshape([b, d, h * w]).swap_dims(1, 2).reshape([b * h * w, d]);
+    let flat = z
+        .clone()
+        .reshape([b, d, h * w])
+        .swap_dims(1, 2)
+        .reshape([b * h * w, d]);
     let codes = model.codebook.val();
-    let ids = nearest_codes(flat.clone().detach().unsqueeze::<3>(), codes.clone().detach(), Metric::SquaredL2, None)?
-        .reshape([b * h * w]);
+    let ids = nearest_codes(
+        flat.clone().detach().unsqueeze::<3>(),
+        codes.clone().detach(),
+        Metric::SquaredL2,
+        None,
+    )?
+    .reshape([b * h * w]);
     let zq = codes.select(0, ids.clone());
     let codebook = (zq.clone() - flat.clone().detach()).powi_scalar(2).mean();
     let commitment = (flat.clone() - zq.clone().detach()).powi_scalar(2).mean();
@@ -133,7 +144,8 @@ pub fn vq_losses<B: Backend>(
         Recon::L1 => diff.abs().mean(),
         Recon::L2 => diff.powi_scalar(2).mean(),
     };
-    let total = recon.clone() + codebook.clone().mul_scalar(codebook_weight) + commitment.clone().mul_scalar(beta);
+    let total =
+        recon.clone() + codebook.clone().mul_scalar(codebook_weight) + commitment.clone().mul_scalar(beta);
     Ok(VqLosses {
         total,
         recon,
@@ -188,7 +200,9 @@ pub fn train_vqgan<B: AutodiffBackend>(
         )));
     }
     if cfg.batch_size == 0 || cfg.checkpoint_every == 0 || images.is_empty() {
-        return Err(Error::Config("batch_size, checkpoint_every and the image set must be non-empty".into()));
+        return Err(Error::Config(
+            "batch_size, checkpoint_every and the image set must be non-empty".into(),
+        ));
     }
     let beta = cfg.beta.unwrap_or(c.commitment_cost);
     let device = model.codebook.val().device();
@@ -248,7 +262,10 @@ pub fn train_vqgan<B: AutodiffBackend>(
         model = optim.step(lr, model, grads);
         state.step += 1;
         let mut restarted = 0;
-        if cfg.restart_dead_every.is_some_and(|e| e > 0 && state.step % e == 0) {
+        if cfg
+            .restart_dead_every
+            .is_some_and(|e| e > 0 && state.step.is_multiple_of(e))
+        {
             let dead: Vec<usize> = (0..c.num_embeddings).filter(|k| !used[*k]).collect();
             if !dead.is_empty() {
                 let lat = read_f32(losses.latents.clone().inner())?;
@@ -259,7 +276,10 @@ pub fn train_vqgan<B: AutodiffBackend>(
                     codes[k * c.embed_dim..(k + 1) * c.embed_dim]
                         .copy_from_slice(&lat[src * c.embed_dim..(src + 1) * c.embed_dim]);
                 }
-                let t = Tensor::<B, 2>::from_data(TensorData::new(codes, [c.num_embeddings, c.embed_dim]), &device);
+                let t = Tensor::<B, 2>::from_data(
+                    TensorData::new(codes, [c.num_embeddings, c.embed_dim]),
+                    &device,
+                );
                 model.codebook = model.codebook.map(|_| t.require_grad());
                 restarted = dead.len();
             }
@@ -280,7 +300,7 @@ pub fn train_vqgan<B: AutodiffBackend>(
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }
@@ -289,7 +309,12 @@ pub fn train_vqgan<B: AutodiffBackend>(
 }
 
 /// Mean reconstruction PSNR (dB) of `images` through encode → decode, in chunks of `batch`.
-pub fn reconstruction_psnr<B: Backend>(vq: &Vqgan<B>, images: &ImageSet, batch: usize, device: &B::Device) -> Result<f64> {
+pub fn reconstruction_psnr<B: Backend>(
+    vq: &Vqgan<B>,
+    images: &ImageSet,
+    batch: usize,
+    device: &B::Device,
+) -> Result<f64> {
     use crate::traits::Tokenizer;
     let mut total = 0.0;
     let n = images.len();

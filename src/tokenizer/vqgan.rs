@@ -52,7 +52,11 @@ impl<B: Backend> Vqgan<B> {
 
     pub(crate) fn from_model(model: VqganModel<B>) -> Result<Self> {
         let book = Codebook::new(model.codebook.val(), Metric::SquaredL2)?;
-        Ok(Self { model, book, chunk: 16 })
+        Ok(Self {
+            model,
+            book,
+            chunk: 16,
+        })
     }
 
     /// Loads a checkpoint (`.safetensors`, `.bin`/`.pt`/`.pth`/`.ckpt`, or a directory holding
@@ -66,7 +70,11 @@ impl<B: Backend> Vqgan<B> {
         let config = match config {
             Some(c) => VqganConfig::from_file(c)?,
             None => {
-                let dir = if checkpoint.is_dir() { checkpoint } else { checkpoint.parent().unwrap_or(Path::new(".")) };
+                let dir = if checkpoint.is_dir() {
+                    checkpoint
+                } else {
+                    checkpoint.parent().unwrap_or(Path::new("."))
+                };
                 let c = dir.join("config.json");
                 if !c.is_file() {
                     return Err(Error::Config(format!(
@@ -82,7 +90,11 @@ impl<B: Backend> Vqgan<B> {
     }
 
     /// Builds the tokenizer from `config` and the tensors of `source` (layout detected).
-    pub fn from_checkpoint(config: VqganConfig, source: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        config: VqganConfig,
+        source: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Self> {
         config.validate()?;
         let layout = Layout::detect(&source.keys());
         let mut model = VqganModel::new(&config, device);
@@ -101,13 +113,17 @@ impl<B: Backend> Vqgan<B> {
     pub fn save(&self, dir: impl AsRef<Path>, layout: Layout, dtype: StoreDtype) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut saver = Saver { tensors: Vec::new(), error: None };
+        let mut saver = Saver {
+            tensors: Vec::new(),
+            error: None,
+        };
         self.model.clone().visit_parts(&mut saver, layout);
         if let Some(e) = saver.error {
             return Err(e);
         }
         save_safetensors(dir.join("model.safetensors"), &saver.tensors, dtype)?;
-        let text = serde_json::to_string_pretty(&self.model.config).map_err(|e| Error::Config(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&self.model.config).map_err(|e| Error::Config(e.to_string()))?;
         write_atomic(dir.join("config.json"), text.as_bytes())
     }
 
@@ -129,7 +145,7 @@ impl<B: Backend> Vqgan<B> {
         }
     }
 
-    fn from_model_range(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn to_unit_range(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self.model.config.pixel_range {
             PixelRange::ZeroOne => x,
             PixelRange::MinusOneOne => x.add_scalar(1.0).mul_scalar(0.5),
@@ -218,11 +234,16 @@ impl<B: Backend> Tokenizer<B> for Vqgan<B> {
 
     fn decode(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 4>> {
         let g = self.model.config.grid_size();
-        expect_dims("VQGAN tokens", &format!("[b, {}]", g * g), &tokens.dims(), &[None, Some(g * g)])?;
+        expect_dims(
+            "VQGAN tokens",
+            &format!("[b, {}]", g * g),
+            &tokens.dims(),
+            &[None, Some(g * g)],
+        )?;
         ensure_ids_in(&tokens, 0..self.book.size() as i64, "VQGAN tokens")?;
         let z = Self::unflatten(self.book.embed(tokens)?, g);
         let x = self.decode_latents(z)?;
-        Ok(self.from_model_range(x).clamp(0.0, 1.0))
+        Ok(self.to_unit_range(x).clamp(0.0, 1.0))
     }
 }
 
@@ -232,7 +253,12 @@ struct Loader<'a, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
-    fn take<const D: usize>(&mut self, key: &str, file_shape: &[usize], model_shape: [usize; D]) -> Option<Param<Tensor<B, D>>> {
+    fn take<const D: usize>(
+        &mut self,
+        key: &str,
+        file_shape: &[usize],
+        model_shape: [usize; D],
+    ) -> Option<Param<Tensor<B, D>>> {
         self.report
             .take(key, file_shape)
             .map(|v| Param::from_tensor(Tensor::from_data(TensorData::new(v, model_shape), &self.device)))

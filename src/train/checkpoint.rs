@@ -53,7 +53,12 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Saves `model`, `optim` and `state` as `dir/step-NNNNNNNN` and points `dir/latest` at it.
 /// Returns the checkpoint's directory.
-pub fn save_checkpoint<B, M, O>(dir: impl AsRef<Path>, model: &M, optim: &O, state: &TrainState) -> Result<PathBuf>
+pub fn save_checkpoint<B, M, O>(
+    dir: impl AsRef<Path>,
+    model: &M,
+    optim: &O,
+    state: &TrainState,
+) -> Result<PathBuf>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -107,7 +112,12 @@ pub fn latest_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
 /// Loads a checkpoint directory written by [`save_checkpoint`] into `model` and `optim`
 /// (which must have the same structure). Corrupt, truncated or mismatched files are
 /// [`Error::Checkpoint`].
-pub fn load_checkpoint<B, M, O>(path: impl AsRef<Path>, model: M, optim: O, device: &B::Device) -> Result<(M, O, TrainState)>
+pub fn load_checkpoint<B, M, O>(
+    path: impl AsRef<Path>,
+    model: M,
+    optim: O,
+    device: &B::Device,
+) -> Result<(M, O, TrainState)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -116,14 +126,21 @@ where
     let path = path.as_ref();
     let state_path = path.join("state.json");
     let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let sf: StateFile = serde_json::from_slice(&text).map_err(|e| bad(&state_path, format!("bad state.json: {e}")))?;
+    let sf: StateFile =
+        serde_json::from_slice(&text).map_err(|e| bad(&state_path, format!("bad state.json: {e}")))?;
     if sf.format != FORMAT {
-        return Err(bad(path, format!("checkpoint format {} (this build reads {FORMAT})", sf.format)));
+        return Err(bad(
+            path,
+            format!("checkpoint format {} (this build reads {FORMAT})", sf.format),
+        ));
     }
     let read = |file: &str| -> Result<Vec<u8>> {
         let p = path.join(file);
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        let want = sf.checksums.get(file).ok_or_else(|| bad(path, format!("state.json has no checksum for {file}")))?;
+        let want = sf
+            .checksums
+            .get(file)
+            .ok_or_else(|| bad(path, format!("state.json has no checksum for {file}")))?;
         if format!("{:016x}", fnv1a64(&bytes)) != *want {
             return Err(bad(&p, "checksum mismatch: the file is corrupt or was modified"));
         }
@@ -133,5 +150,9 @@ where
         .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
     let optim_rec = Recorder::<B>::load(&recorder(), read("optim.mpk")?, device)
         .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
-    Ok((model.load_record(model_rec), optim.load_record(optim_rec), sf.state))
+    Ok((
+        model.load_record(model_rec),
+        optim.load_record(optim_rec),
+        sf.state,
+    ))
 }

@@ -39,7 +39,11 @@ impl WarmupCosine {
 
     /// Checks `0 <= min_lr <= peak_lr`, both finite.
     pub fn validate(&self) -> Result<()> {
-        if !(self.peak_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.peak_lr && self.peak_lr > 0.0) {
+        if !(self.peak_lr.is_finite()
+            && self.min_lr >= 0.0
+            && self.min_lr <= self.peak_lr
+            && self.peak_lr > 0.0)
+        {
             return Err(Error::Config(format!(
                 "learning rates need 0 <= min_lr ({}) <= peak_lr ({}), peak > 0",
                 self.min_lr, self.peak_lr

@@ -16,7 +16,12 @@ impl<B: Backend> LayerCache<B> {
     /// Writes `k`, `v` (`[b, kv, n, hd]`) at positions `start..start + n` and returns views of
     /// positions `0..start + n`. The buffers are taken out and put back so that the write can
     /// happen in place.
-    pub(crate) fn append(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub(crate) fn append(
+        &mut self,
+        start: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, kv, n, hd] = k.dims();
         let end = start + n;
         let write = |slot: &mut Option<Tensor<B, 4>>, new: Tensor<B, 4>| {

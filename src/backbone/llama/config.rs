@@ -220,18 +220,21 @@ impl LlamaConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be >= 1"));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim()));
         }
         if self.hidden_act != "silu" {
-            return bad(format!("hidden_act {:?} is not supported (only \"silu\")", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (only \"silu\")",
+                self.hidden_act
+            ));
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return bad("rope_scaling is not supported".into());
@@ -243,7 +246,9 @@ impl LlamaConfig {
             .and_then(|t| t.as_str())
             .unwrap_or("default");
         if rope_type != "default" {
-            return bad(format!("rope_type {rope_type:?} is not supported (only \"default\")"));
+            return bad(format!(
+                "rope_type {rope_type:?} is not supported (only \"default\")"
+            ));
         }
         if self.attention_bias || self.mlp_bias {
             return bad("attention_bias / mlp_bias are not supported".into());

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::traits::{ArBackbone, ForwardOutput};
 
+/// A per-token callback: step index and the new id of each batch row.
+pub type TokenCallback<'a> = dyn FnMut(usize, &[i64]) + 'a;
+
 /// Extra settings for [`Llama::generate_with`].
 ///
 /// ```
@@ -31,7 +34,7 @@ pub struct GenerateOptions<'a> {
     pub context_images: Option<(usize, usize)>,
     /// Called after every step with the step index and the new id of each batch row
     /// (progress bars, streaming). Forces the ids to the host every step.
-    pub on_token: Option<&'a mut dyn FnMut(usize, &[i64])>,
+    pub on_token: Option<&'a mut TokenCallback<'a>>,
 }
 
 /// What [`Llama::generate_with`] returns.
@@ -119,7 +122,10 @@ impl<B: Backend> Llama<B> {
                 cache.clear();
                 let before = all.narrow(1, total - ctx, ctx - 1);
                 last_hidden = self.hidden_unchecked(before, Some(&mut cache));
-                last_hidden = Tensor::cat(vec![last_hidden, self.hidden_unchecked(next, Some(&mut cache))], 1);
+                last_hidden = Tensor::cat(
+                    vec![last_hidden, self.hidden_unchecked(next, Some(&mut cache))],
+                    1,
+                );
             }
         }
         let tokens = Tensor::cat(produced, 1);
@@ -137,7 +143,11 @@ impl<B: Backend> Llama<B> {
 
 /// Keeps the last `max_images - 1` whole images of a prompt `[b, p]` made of
 /// `per`-token images (LVM: 256 tokens, 15 images in context).
-fn truncate_images<B: Backend>(prompt: Tensor<B, 2, Int>, per: usize, max: usize) -> Result<Tensor<B, 2, Int>> {
+fn truncate_images<B: Backend>(
+    prompt: Tensor<B, 2, Int>,
+    per: usize,
+    max: usize,
+) -> Result<Tensor<B, 2, Int>> {
     let [_, p] = prompt.dims();
     if per == 0 || max < 2 {
         return Err(Error::Config(format!(
@@ -145,7 +155,11 @@ fn truncate_images<B: Backend>(prompt: Tensor<B, 2, Int>, per: usize, max: usize
         )));
     }
     let keep = per * (max - 1);
-    Ok(if p > keep { prompt.narrow(1, p - keep, keep) } else { prompt })
+    Ok(if p > keep {
+        prompt.narrow(1, p - keep, keep)
+    } else {
+        prompt
+    })
 }
 
 impl<B: Backend> ArBackbone<B> for Llama<B> {
@@ -169,7 +183,12 @@ impl<B: Backend> ArBackbone<B> for Llama<B> {
         })
     }
 
-    fn generate(&self, prompt: Tensor<B, 2, Int>, n_new: usize, sampling: &Sampling) -> Result<Tensor<B, 2, Int>> {
+    fn generate(
+        &self,
+        prompt: Tensor<B, 2, Int>,
+        n_new: usize,
+        sampling: &Sampling,
+    ) -> Result<Tensor<B, 2, Int>> {
         Ok(self
             .generate_with(prompt, n_new, sampling, GenerateOptions::default())?
             .tokens)

@@ -32,7 +32,11 @@ pub struct LoraAdapter<B: Backend> {
 impl<B: Backend> Proj<B> {
     pub(crate) fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
         Self {
-            weight: Param::from_tensor(Tensor::random([d_in, d_out], Distribution::Normal(0.0, std), device)),
+            weight: Param::from_tensor(Tensor::random(
+                [d_in, d_out],
+                Distribution::Normal(0.0, std),
+                device,
+            )),
             lora: None,
         }
     }
@@ -73,10 +77,18 @@ impl<B: Backend> RmsNorm<B> {
 
     pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        let x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let x = if dtype == DType::F32 {
+            x
+        } else {
+            x.cast(DType::F32)
+        };
         let rms = x.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt();
         let normed = x.div(rms);
-        let normed = if dtype == DType::F32 { normed } else { normed.cast(dtype) };
+        let normed = if dtype == DType::F32 {
+            normed
+        } else {
+            normed.cast(dtype)
+        };
         normed * self.weight.val().unsqueeze::<3>()
     }
 }
@@ -142,7 +154,12 @@ pub(crate) struct Step<B: Backend> {
 
 impl<B: Backend> Attention<B> {
     pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
-        let (h, kv, hd, std) = (c.num_attention_heads, c.kv_heads(), c.head_dim(), c.initializer_range);
+        let (h, kv, hd, std) = (
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.head_dim(),
+            c.initializer_range,
+        );
         Self {
             q_proj: Proj::init(c.hidden_size, h * hd, std, device),
             k_proj: Proj::init(c.hidden_size, kv * hd, std, device),
@@ -157,7 +174,12 @@ impl<B: Backend> Attention<B> {
     /// `x [b, n, hidden]` at positions `step.start..step.start + n` → `[b, n, hidden]`.
     /// With a cache, the new keys/values are written into it and attention covers every cached
     /// position before them.
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        step: &Step<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
@@ -192,9 +214,7 @@ impl<B: Backend> Attention<B> {
         } else {
             // Several new queries after cached ones: explicit offset-causal mask.
             let offset = t - n;
-            let mask: Vec<bool> = (0..n)
-                .flat_map(|i| (0..t).map(move |j| j > offset + i))
-                .collect();
+            let mask: Vec<bool> = (0..n).flat_map(|i| (0..t).map(move |j| j > offset + i)).collect();
             let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, t]), &q.device())
                 .unsqueeze::<4>()
                 .expand([b, h, n, t]);
@@ -248,8 +268,16 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), step, cache);
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        step: &Step<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), step, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

@@ -72,7 +72,10 @@ impl LoraConfig {
 
 /// PEFT's key for one adapter matrix.
 fn key(layer: usize, p: ProjName, ab: char) -> String {
-    format!("base_model.model.model.layers.{layer}.{}.lora_{ab}.weight", p.hf_path())
+    format!(
+        "base_model.model.model.layers.{layer}.{}.lora_{ab}.weight",
+        p.hf_path()
+    )
 }
 
 impl<B: Backend> Llama<B> {
@@ -88,7 +91,11 @@ impl<B: Backend> Llama<B> {
                 let (i, o) = p.dims(&c);
                 let bound = 1.0 / (i as f64).sqrt();
                 model.proj_mut(l, p).lora = Some(LoraAdapter {
-                    a: Param::from_tensor(Tensor::random([i, config.r], Distribution::Uniform(-bound, bound), device)),
+                    a: Param::from_tensor(Tensor::random(
+                        [i, config.r],
+                        Distribution::Uniform(-bound, bound),
+                        device,
+                    )),
                     b: Param::from_tensor(Tensor::zeros([config.r, o], device)),
                     scale: config.scale(),
                 });
@@ -127,7 +134,8 @@ impl<B: Backend> Llama<B> {
         for l in 0..self.config.num_hidden_layers {
             for p in ProjName::ALL {
                 if let Some(a) = &self.proj(l, p).lora {
-                    n += a.a.val().dims().iter().product::<usize>() + a.b.val().dims().iter().product::<usize>();
+                    n += a.a.val().dims().iter().product::<usize>()
+                        + a.b.val().dims().iter().product::<usize>();
                 }
             }
         }
@@ -149,8 +157,16 @@ pub fn save_lora<B: Backend>(model: &Llama<B>, config: &LoraConfig, dir: impl As
                 Error::Config(format!("layer {l} {} has no LoRA adapter to save", p.short()))
             })?;
             let (i, o) = p.dims(&model.config);
-            tensors.push((key(l, p, 'A'), vec![config.r, i], transpose(&read_f32(a.a.val())?, i, config.r)));
-            tensors.push((key(l, p, 'B'), vec![o, config.r], transpose(&read_f32(a.b.val())?, config.r, o)));
+            tensors.push((
+                key(l, p, 'A'),
+                vec![config.r, i],
+                transpose(&read_f32(a.a.val())?, i, config.r),
+            ));
+            tensors.push((
+                key(l, p, 'B'),
+                vec![o, config.r],
+                transpose(&read_f32(a.b.val())?, config.r, o),
+            ));
         }
     }
     save_safetensors(dir.join("adapter_model.safetensors"), &tensors, StoreDtype::F32)?;
@@ -166,7 +182,11 @@ pub fn save_lora<B: Backend>(model: &Llama<B>, config: &LoraConfig, dir: impl As
 
 /// Attaches the adapters saved in `dir` ([`save_lora`] or PEFT) to `model` (base frozen).
 /// Missing, unexpected or mis-shaped adapter tensors are one [`Error::Checkpoint`].
-pub fn load_lora<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>, device: &B::Device) -> Result<(Llama<B>, LoraConfig)> {
+pub fn load_lora<B: Backend>(
+    model: Llama<B>,
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<(Llama<B>, LoraConfig)> {
     let dir = dir.as_ref();
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -190,9 +210,19 @@ pub fn load_lora<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>, device: &B:
     }
     report.finish()?;
     for (l, p, i, o, a, b) in loaded {
-        let lora = model.proj_mut(l, p).lora.as_mut().ok_or_else(|| Error::Config("adapter vanished".into()))?;
-        lora.a = Param::from_tensor(Tensor::from_data(TensorData::new(transpose(&a, config.r, i), [i, config.r]), device));
-        lora.b = Param::from_tensor(Tensor::from_data(TensorData::new(transpose(&b, o, config.r), [config.r, o]), device));
+        let lora = model
+            .proj_mut(l, p)
+            .lora
+            .as_mut()
+            .ok_or_else(|| Error::Config("adapter vanished".into()))?;
+        lora.a = Param::from_tensor(Tensor::from_data(
+            TensorData::new(transpose(&a, config.r, i), [i, config.r]),
+            device,
+        ));
+        lora.b = Param::from_tensor(Tensor::from_data(
+            TensorData::new(transpose(&b, o, config.r), [config.r, o]),
+            device,
+        ));
     }
     Ok((model, config))
 }

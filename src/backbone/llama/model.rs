@@ -72,7 +72,15 @@ pub enum ProjName {
 
 impl ProjName {
     /// Every projection.
-    pub const ALL: [ProjName; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+    pub const ALL: [ProjName; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
 
     /// The HF module path inside a layer, e.g. `self_attn.q_proj`.
     pub fn hf_path(self) -> &'static str {
@@ -215,9 +223,18 @@ impl<B: Backend> Llama<B> {
     }
 
     fn set_slot(&mut self, slot: Slot, hf_shape: &[usize], v: Vec<f32>, device: &B::Device) {
-        let t2 = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [hf_shape[0], hf_shape[1]]), device);
+        let t2 =
+            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [hf_shape[0], hf_shape[1]]), device);
         // HF stores linear weights [out, in]; ours are [in, out].
-        let t2t = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(transpose(&v, hf_shape[0], hf_shape[1]), [hf_shape[1], hf_shape[0]]), device);
+        let t2t = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(
+                TensorData::new(
+                    transpose(&v, hf_shape[0], hf_shape[1]),
+                    [hf_shape[1], hf_shape[0]],
+                ),
+                device,
+            )
+        };
         let t1 = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [hf_shape[0]]), device);
         match slot {
             Slot::Embed => self.embed_tokens = Param::from_tensor(t2(v)),
@@ -225,7 +242,11 @@ impl<B: Backend> Llama<B> {
             Slot::FinalNorm => self.norm.weight = Param::from_tensor(t1(v)),
             Slot::Norm(l, post) => {
                 let layer = &mut self.layers[l];
-                let n = if post { &mut layer.post_attention_layernorm } else { &mut layer.input_layernorm };
+                let n = if post {
+                    &mut layer.post_attention_layernorm
+                } else {
+                    &mut layer.input_layernorm
+                };
                 n.weight = Param::from_tensor(t1(v));
             }
             Slot::Proj(l, p) => self.proj_mut(l, p).weight = Param::from_tensor(t2t(v)),
@@ -275,7 +296,11 @@ impl<B: Backend> Llama<B> {
                 Slot::FinalNorm => read_f32(self.norm.weight.val())?,
                 Slot::Norm(l, post) => {
                     let layer = &self.layers[l];
-                    let n = if post { &layer.post_attention_layernorm } else { &layer.input_layernorm };
+                    let n = if post {
+                        &layer.post_attention_layernorm
+                    } else {
+                        &layer.input_layernorm
+                    };
                     read_f32(n.weight.val())?
                 }
                 Slot::Proj(l, p) => transpose(&read_f32(self.proj(l, p).weight.val())?, shape[1], shape[0]),
@@ -305,12 +330,18 @@ impl<B: Backend> Llama<B> {
     /// Final hidden states `[b, n, hidden]` of `tokens` `[b, n]` (vocabulary ids), placed after
     /// the tokens already in `cache` (or at position 0 without a cache). Checks shapes, ids and
     /// the cache's room.
-    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
         let [b, n] = tokens.dims();
         expect_non_empty("llama tokens", "[b, n]", &[b, n])?;
         ensure_ids_in(&tokens, 0..self.config.vocab_size as i64, "llama tokens")?;
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let limit = cache.as_ref().map_or(self.config.max_position_embeddings, |c| c.capacity);
+        let limit = cache
+            .as_ref()
+            .map_or(self.config.max_position_embeddings, |c| c.capacity);
         if start + n > limit {
             return Err(Error::Config(format!(
                 "{} tokens after {start} cached ones exceed the {} available positions",
@@ -319,13 +350,21 @@ impl<B: Backend> Llama<B> {
         }
         if let Some(c) = cache.as_ref() {
             if c.batch != b {
-                return Err(Error::shape("llama tokens with cache", format!("[{}, n]", c.batch), &[b, n]));
+                return Err(Error::shape(
+                    "llama tokens with cache",
+                    format!("[{}, n]", c.batch),
+                    &[b, n],
+                ));
             }
         }
         Ok(self.hidden_unchecked(tokens, cache))
     }
 
-    pub(crate) fn hidden_unchecked(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub(crate) fn hidden_unchecked(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, n] = tokens.dims();
         let device = tokens.device();
         let start = cache.as_ref().map_or(0, |c| c.len);
@@ -362,10 +401,22 @@ fn slots(c: &LlamaConfig) -> Vec<(String, Slot, Vec<usize>)> {
     for l in 0..c.num_hidden_layers {
         for p in ProjName::ALL {
             let (i, o) = p.dims(c);
-            out.push((format!("model.layers.{l}.{}.weight", p.hf_path()), Slot::Proj(l, p), vec![o, i]));
+            out.push((
+                format!("model.layers.{l}.{}.weight", p.hf_path()),
+                Slot::Proj(l, p),
+                vec![o, i],
+            ));
         }
-        out.push((format!("model.layers.{l}.input_layernorm.weight"), Slot::Norm(l, false), vec![h]));
-        out.push((format!("model.layers.{l}.post_attention_layernorm.weight"), Slot::Norm(l, true), vec![h]));
+        out.push((
+            format!("model.layers.{l}.input_layernorm.weight"),
+            Slot::Norm(l, false),
+            vec![h],
+        ));
+        out.push((
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            Slot::Norm(l, true),
+            vec![h],
+        ));
     }
     out.push(("model.norm.weight".into(), Slot::FinalNorm, vec![h]));
     if !c.tie_word_embeddings {

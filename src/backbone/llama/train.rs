@@ -13,7 +13,9 @@ use super::model::Llama;
 use crate::checks::{int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine};
+use crate::train::{
+    clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine,
+};
 
 /// Settings of [`train_lm`].
 ///
@@ -88,7 +90,11 @@ pub struct StepReport {
 /// Mean next-token cross-entropy of `tokens` `[b, n]` over the predictions of positions
 /// `loss_from..n` (`loss_from >= 1`). Returns a one-element tensor (differentiable on an
 /// autodiff backend).
-pub fn lm_loss<B: Backend>(model: &Llama<B>, tokens: Tensor<B, 2, Int>, loss_from: usize) -> Result<Tensor<B, 1>> {
+pub fn lm_loss<B: Backend>(
+    model: &Llama<B>,
+    tokens: Tensor<B, 2, Int>,
+    loss_from: usize,
+) -> Result<Tensor<B, 1>> {
     let [b, n] = tokens.dims();
     if loss_from == 0 || loss_from >= n {
         return Err(Error::Config(format!(
@@ -120,11 +126,20 @@ pub fn train_lm<B: AutodiffBackend>(
 ) -> Result<(Llama<B>, TrainState)> {
     cfg.schedule.validate()?;
     if cfg.batch_size == 0 || cfg.checkpoint_every == 0 {
-        return Err(Error::Config("batch_size and checkpoint_every must be >= 1".into()));
+        return Err(Error::Config(
+            "batch_size and checkpoint_every must be >= 1".into(),
+        ));
     }
-    let len = sequences.first().map(Vec::len).ok_or_else(|| Error::Config("no training sequences".into()))?;
+    let len = sequences
+        .first()
+        .map(Vec::len)
+        .ok_or_else(|| Error::Config("no training sequences".into()))?;
     if let Some((i, s)) = sequences.iter().enumerate().find(|(_, s)| s.len() != len) {
-        return Err(Error::shape(format!("training sequence {i}"), format!("[{len}] like sequence 0"), &[s.len()]));
+        return Err(Error::shape(
+            format!("training sequence {i}"),
+            format!("[{len}] like sequence 0"),
+            &[s.len()],
+        ));
     }
     let vocab = model.config.vocab_size as i64;
     for (i, s) in sequences.iter().enumerate() {
@@ -137,7 +152,9 @@ pub fn train_lm<B: AutodiffBackend>(
         }
     }
     let device = model.embed_tokens.val().device();
-    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay).init::<B, Llama<B>>();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .init::<B, Llama<B>>();
     let mut model = model;
     let identity = serde_json::json!({ "model": model.config, "train": cfg });
     let mut state = TrainState {
@@ -193,11 +210,12 @@ pub fn train_lm<B: AutodiffBackend>(
             loss: loss_value,
             lr,
             grad_norm,
-            tokens_per_sec: ((state.step - first) * cfg.batch_size * len) as f64 / elapsed.as_secs_f64().max(1e-9),
+            tokens_per_sec: ((state.step - first) * cfg.batch_size * len) as f64
+                / elapsed.as_secs_f64().max(1e-9),
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }
