@@ -33,6 +33,7 @@ pub mod io;
 pub mod pipeline;
 pub mod refiner;
 pub mod rng;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 pub mod traits;

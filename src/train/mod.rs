@@ -4,9 +4,13 @@
 mod checkpoint;
 mod clip;
 mod loss;
+mod pairs;
+mod refiner_loop;
 mod schedule;
 
 pub use checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
 pub use clip::clip_grad_norm;
 pub use loss::{cosine_loss, RefinementLoss};
+pub use pairs::{generate_pairs, PairMode, PairOptions, Pairs};
+pub use refiner_loop::{refiner_loss, train_refiner, RefinerData, RefinerStepReport, RefinerTrainConfig};
 pub use schedule::WarmupCosine;

@@ -1,0 +1,132 @@
+//! Shared setup of the train_refiner and evaluate examples: backend, models, images, pairs.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ar_refine::backbone::Llama;
+use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet, Sentence};
+use ar_refine::tasks::task_by_name;
+use ar_refine::tokenizer::Vqgan;
+use ar_refine::train::{generate_pairs, PairMode, PairOptions, Pairs};
+use ar_refine::{ArBackbone, Sampling, Tokenizer};
+
+use super::args::{AnyResult, Args};
+
+/// The CUDA backend with `--features cuda`, else the CPU backend.
+#[cfg(feature = "cuda")]
+pub type B = burn::backend::Cuda;
+#[cfg(not(feature = "cuda"))]
+pub type B = burn::backend::NdArray;
+
+pub fn device() -> burn::tensor::Device<B> {
+    Default::default()
+}
+
+/// `--tokenizer CKPT [--tokenizer-config F]` and `--backbone DIR`, checked to fit each other.
+pub fn models(args: &Args) -> AnyResult<(Vqgan<B>, Llama<B>)> {
+    let device = device();
+    let ckpt: String = args.required("tokenizer")?;
+    let vq = Vqgan::<B>::load(&ckpt, args.path("tokenizer-config").as_deref(), &device)?;
+    let lm = Llama::<B>::from_pretrained(args.required::<String>("backbone")?, &device)?;
+    if vq.codebook_size() != lm.image_token_ids().len() {
+        return Err(format!(
+            "tokenizer has {} codes but the backbone has {} image ids ({:?})",
+            vq.codebook_size(),
+            lm.image_token_ids().len(),
+            lm.image_token_ids()
+        )
+        .into());
+    }
+    eprintln!(
+        "tokenizer: {} codes × {}, {} tokens per {}px image; backbone: {} layers, hidden {}",
+        vq.codebook_size(),
+        vq.code_dim(),
+        vq.grid().len(),
+        vq.image_size().0,
+        lm.config().num_hidden_layers,
+        lm.config().hidden_size
+    );
+    Ok((vq, lm))
+}
+
+/// `(train, validation)` images: with `--data DIR` holding the shared Tiny-ImageNet files, the
+/// first `--train-images` mosaic photos and `val.u8`; with a folder of images, an 80/20 split;
+/// otherwise generated scenes. The two never share an image.
+pub fn images(args: &Args) -> AnyResult<(ImageSet, ImageSet)> {
+    let explicit = args.path("data");
+    let n_train: usize = args.get("train-images", 2048)?;
+    if let Some(dir) = ImageSet::shared_dir(explicit.as_deref()) {
+        let train = ImageSet::from_mosaics(dir.join("train-jpg"), 0..n_train)?;
+        let val = ImageSet::from_raw_u8(dir.join("val.u8"), 64)?;
+        eprintln!(
+            "images: {} train (mosaics) + {} val photos from {}",
+            train.len(),
+            val.len(),
+            dir.display()
+        );
+        return Ok((train, val));
+    }
+    if let Some(dir) = explicit {
+        let all = ImageSet::from_folder(&dir, 64)?;
+        let cut = all.len() * 4 / 5;
+        eprintln!("images: {} from {} (80/20 split)", all.len(), dir.display());
+        return Ok(all.split(cut));
+    }
+    eprintln!("images: shared data not found; generated scenes");
+    Ok(ImageSet::synthetic(600, 64, 1).split(500))
+}
+
+/// `--mode free|teacher` with the sampling flags.
+pub fn mode(args: &Args) -> AnyResult<PairMode> {
+    match args.get("mode", "free".to_string())?.as_str() {
+        "teacher" => Ok(PairMode::TeacherForced),
+        "free" => {
+            let mut s = Sampling::temperature(args.get("temperature", 0.0)?).with_seed(args.get("seed", 0)?);
+            s.top_k = args.opt("top-k")?;
+            s.top_p = args.opt("top-p")?;
+            Ok(PairMode::FreeRunning(s))
+        }
+        other => Err(format!("--mode must be free or teacher, got {other}").into()),
+    }
+}
+
+/// Sentences of `task` with `k` demonstrations from `set`, their pairs from the frozen backbone
+/// (cached under `cache`), and the sentences themselves (for targets and grids).
+#[allow(clippy::too_many_arguments)]
+pub fn pairs(
+    vq: &Vqgan<B>,
+    lm: &Llama<B>,
+    set: &ImageSet,
+    task: &str,
+    k: usize,
+    count: usize,
+    seed: u64,
+    mode: &PairMode,
+    cache: &Path,
+    identity: serde_json::Value,
+) -> AnyResult<(Pairs, Vec<Sentence>)> {
+    let device = device();
+    let t = task_by_name(task)?;
+    let sentences = build_sentences(&set.resized(vq.image_size().0)?, t.as_ref(), k, count, seed)?;
+    let tokens = tokenize_sentences(vq, &sentences, 32, &device)?;
+    let opts = PairOptions {
+        mode: mode.clone(),
+        batch: 16,
+        cache: Some(cache),
+        config: serde_json::json!({ "task": task, "k": k, "count": count, "seed": seed, "models": identity }),
+    };
+    let start = std::time::Instant::now();
+    let pairs = generate_pairs(lm, &tokens, &opts, &device, &mut |done, total| {
+        eprint!("\rpairs {done}/{total} ({:.0} s)", start.elapsed().as_secs_f64());
+        let _ = std::io::stderr().flush();
+    })?;
+    eprintln!();
+    Ok((pairs, sentences))
+}
+
+pub fn out_dir(args: &Args, default: &str) -> AnyResult<PathBuf> {
+    let out = args.path("out").unwrap_or_else(|| PathBuf::from(default));
+    std::fs::create_dir_all(&out)?;
+    Ok(out)
+}
