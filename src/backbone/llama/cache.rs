@@ -37,7 +37,7 @@ impl<B: Backend> LayerCache<B> {
 
 /// Keys and values of every layer for a batch of `b` sequences of up to `capacity` tokens.
 ///
-/// Made by [`crate::backbone::Llama::new_cache`]; [`crate::backbone::Llama::forward_cached`]
+/// Made by [`crate::backbone::Llama::new_cache`]; [`crate::backbone::Llama::forward_hidden`]
 /// appends to it.
 #[derive(Debug)]
 pub struct KvCache<B: Backend> {
