@@ -18,9 +18,7 @@ use crate::data::ImageSet;
 use crate::decode::{nearest_codes, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{
-    clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine,
-};
+use crate::train::{checkpoint_due, clip_grad_norm, resume, save_checkpoint, TrainState, WarmupCosine};
 
 /// Reconstruction loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +68,7 @@ impl VqTrainConfig {
         Self {
             steps,
             batch_size,
-            schedule: WarmupCosine {
-                peak_lr: lr,
-                min_lr: lr / 10.0,
-                warmup: steps / 50,
-                total: steps,
-            },
+            schedule: WarmupCosine::new(lr, steps / 50, steps),
             recon: Recon::L1,
             codebook_weight: 1.0,
             beta: None,
@@ -212,27 +205,8 @@ pub fn train_vqgan<B: AutodiffBackend>(
         .with_weight_decay(0.0)
         .init::<B, VqganModel<B>>();
     let identity = serde_json::json!({ "model": c, "train": cfg });
-    let mut state = TrainState {
-        rng: cfg.seed,
-        extra: identity.clone(),
-        ..Default::default()
-    };
-    if let Some(dir) = checkpoints {
-        if let Some(path) = latest_checkpoint(dir)? {
-            let saved = std::fs::read(path.join("state.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v.pointer("/state/extra").cloned())
-                .unwrap_or_default();
-            if saved != identity {
-                return Err(Error::Config(format!(
-                    "checkpoint {} was written with another model or training config",
-                    path.display()
-                )));
-            }
-            (model, optim, state) = load_checkpoint(&path, model, optim, &device)?;
-        }
-    }
+    let mut state = TrainState::start(identity, cfg.seed);
+    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);
     let mut used = vec![false; c.num_embeddings];
     let start = Instant::now();
@@ -300,7 +274,7 @@ pub fn train_vqgan<B: AutodiffBackend>(
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps {
+            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }

@@ -26,9 +26,64 @@ pub struct TrainState {
     pub losses: Vec<f32>,
     /// State of the data/sampling generator ([`crate::rng::SplitMix64::state`]).
     pub rng: u64,
-    /// Anything else the loop wants back (its config, validation history, ...).
+    /// What the run is (model and training configuration): a checkpoint resumes only a run with
+    /// the same identity.
+    #[serde(default)]
+    pub identity: serde_json::Value,
+    /// Anything else the loop wants back (validation history, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
+}
+
+impl TrainState {
+    /// A fresh state for a run identified by `identity`, its generator seeded with `seed`.
+    pub fn start(identity: serde_json::Value, seed: u64) -> Self {
+        Self {
+            rng: seed,
+            identity,
+            ..Default::default()
+        }
+    }
+}
+
+/// Resumes from the newest checkpoint under `dir` when there is one and it was written by a run
+/// with `fresh.identity` (another identity is an [`Error::Config`]: use a new directory);
+/// otherwise returns `model`, `optim` and `fresh` unchanged.
+pub fn resume<B, M, O>(
+    dir: Option<&Path>,
+    model: M,
+    optim: O,
+    fresh: TrainState,
+    device: &B::Device,
+) -> Result<(M, O, TrainState)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let Some(path) = dir.map(latest_checkpoint).transpose()?.flatten() else {
+        return Ok((model, optim, fresh));
+    };
+    let saved = read_state_file(&path)?;
+    if saved.state.identity != fresh.identity {
+        return Err(Error::Config(format!(
+            "checkpoint {} was written by another run (model or training configuration); use a new directory",
+            path.display()
+        )));
+    }
+    load_checkpoint(&path, model, optim, device)
+}
+
+fn read_state_file(dir: &Path) -> Result<StateFile> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    serde_json::from_slice(&text).map_err(|e| bad(&state_path, format!("bad state.json: {e}")))
+}
+
+/// Whether a loop at `step` (1-based, of `total`) saves a checkpoint every `every` steps: on
+/// multiples of `every` and at the end.
+pub fn checkpoint_due(step: usize, every: usize, total: usize) -> bool {
+    step == total || (every > 0 && step.is_multiple_of(every))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,10 +179,7 @@ where
     O: Optimizer<M, B>,
 {
     let path = path.as_ref();
-    let state_path = path.join("state.json");
-    let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let sf: StateFile =
-        serde_json::from_slice(&text).map_err(|e| bad(&state_path, format!("bad state.json: {e}")))?;
+    let sf = read_state_file(path)?;
     if sf.format != FORMAT {
         return Err(bad(
             path,

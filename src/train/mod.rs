@@ -8,7 +8,9 @@ mod pairs;
 mod refiner_loop;
 mod schedule;
 
-pub use checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+pub use checkpoint::{
+    checkpoint_due, latest_checkpoint, load_checkpoint, resume, save_checkpoint, TrainState,
+};
 pub use clip::clip_grad_norm;
 pub use loss::{cosine_loss, RefinementLoss};
 pub use pairs::{generate_pairs, PairMode, PairOptions, Pairs};

@@ -9,7 +9,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+use super::checkpoint::{checkpoint_due, resume, save_checkpoint, TrainState};
 use super::clip::clip_grad_norm;
 use super::loss::RefinementLoss;
 use super::pairs::Pairs;
@@ -56,12 +56,7 @@ impl RefinerTrainConfig {
         Self {
             steps,
             batch_size,
-            schedule: WarmupCosine {
-                peak_lr: lr,
-                min_lr: lr / 10.0,
-                warmup: steps / 20,
-                total: steps,
-            },
+            schedule: WarmupCosine::new(lr, steps / 20, steps),
             weight_decay: 0.01,
             grad_clip: Some(1.0),
             loss: RefinementLoss::default(),
@@ -173,27 +168,9 @@ where
         .init::<B, M>();
     let identity = serde_json::json!({ "train": cfg, "params": refiner.num_params(), "grid": grid });
     let mut model = refiner;
-    let mut state = TrainState {
-        rng: cfg.seed,
-        extra: serde_json::json!({ "id": identity, "val": [] }),
-        ..Default::default()
-    };
-    if let Some(dir) = checkpoints {
-        if let Some(path) = latest_checkpoint(dir)? {
-            let saved = std::fs::read(path.join("state.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v.pointer("/state/extra/id").cloned())
-                .unwrap_or_default();
-            if saved != identity {
-                return Err(Error::Config(format!(
-                    "checkpoint {} was written with another refiner or training config",
-                    path.display()
-                )));
-            }
-            (model, optim, state) = load_checkpoint(&path, model, optim, &device)?;
-        }
-    }
+    let mut state = TrainState::start(identity, cfg.seed);
+    state.extra = serde_json::json!({ "val": [] });
+    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);
     let start = Instant::now();
     let first = state.step;
@@ -239,7 +216,7 @@ where
             eta: Duration::from_secs_f64(elapsed / done * (cfg.steps - state.step) as f64),
         });
         if let Some(dir) = checkpoints {
-            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps {
+            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }

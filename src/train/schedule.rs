@@ -27,6 +27,16 @@ pub struct WarmupCosine {
 }
 
 impl WarmupCosine {
+    /// Peak `lr` after `warmup` steps, cosine decay to `lr / 10` at step `total`.
+    pub fn new(lr: f64, warmup: usize, total: usize) -> Self {
+        Self {
+            peak_lr: lr,
+            min_lr: lr / 10.0,
+            warmup,
+            total,
+        }
+    }
+
     /// The learning rate of step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         if step < self.warmup {

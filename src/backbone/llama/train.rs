@@ -13,9 +13,7 @@ use super::model::Llama;
 use crate::checks::{int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{
-    clip_grad_norm, latest_checkpoint, load_checkpoint, save_checkpoint, TrainState, WarmupCosine,
-};
+use crate::train::{checkpoint_due, clip_grad_norm, resume, save_checkpoint, TrainState, WarmupCosine};
 
 /// Settings of [`train_lm`].
 ///
@@ -53,12 +51,7 @@ impl LmTrainConfig {
         Self {
             steps,
             batch_size,
-            schedule: WarmupCosine {
-                peak_lr: lr,
-                min_lr: lr / 10.0,
-                warmup: steps / 20,
-                total: steps,
-            },
+            schedule: WarmupCosine::new(lr, steps / 20, steps),
             weight_decay: 0.1,
             grad_clip: Some(1.0),
             seed: 0,
@@ -157,27 +150,8 @@ pub fn train_lm<B: AutodiffBackend>(
         .init::<B, Llama<B>>();
     let mut model = model;
     let identity = serde_json::json!({ "model": model.config, "train": cfg });
-    let mut state = TrainState {
-        rng: cfg.seed,
-        extra: identity.clone(),
-        ..Default::default()
-    };
-    if let Some(dir) = checkpoints {
-        if let Some(path) = latest_checkpoint(dir)? {
-            let saved: serde_json::Value = std::fs::read(path.join("state.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .and_then(|v: serde_json::Value| v.get("state").and_then(|s| s.get("extra")).cloned())
-                .unwrap_or_default();
-            if saved != identity {
-                return Err(Error::Config(format!(
-                    "checkpoint {} was written with another model or training config; use a new directory",
-                    path.display()
-                )));
-            }
-            (model, optim, state) = load_checkpoint(&path, model, optim, &device)?;
-        }
-    }
+    let mut state = TrainState::start(identity, cfg.seed);
+    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);
     let start = Instant::now();
     let first = state.step;
@@ -215,7 +189,7 @@ pub fn train_lm<B: AutodiffBackend>(
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == cfg.steps {
+            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }
