@@ -1,0 +1,137 @@
+//! Trains a VQGAN tokenizer from scratch on photos (step 1 of the small-LVM recipe).
+//!
+//! ```text
+//! cargo run --release --example train_tokenizer -- [--data DIR] [--train-images 2048] \
+//!     [--val-images 1000] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] \
+//!     [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] \
+//!     [--out target/tokenizer-run]
+//! ```
+//!
+//! Images: the shared Tiny-ImageNet training mosaics (`--data`, `AR_REFINE_DATA` or
+//! `../shared/data`; the first `--train-images`), validated on `val.u8`; an image folder (80/20
+//! split) or generated scenes otherwise. The token grid is `resolution / 2^(levels − 1)` per side
+//! (64 px with `--mult 1,2,2` → 16×16 = 256 tokens, as LVM). Prints the validation
+//! reconstruction PSNR before and after, and saves the tokenizer (`config.json` +
+//! `model.safetensors`, open-MUSE/taming naming) to `OUT/tokenizer` for `examples/tokenize.rs`.
+//! Checkpoints go to `OUT/checkpoints` (an interrupted run resumes). With `--features cuda` it
+//! trains on the GPU.
+
+#[path = "common/args.rs"]
+mod args;
+#[path = "common/setup.rs"]
+mod setup;
+
+use std::io::Write;
+
+use ar_refine::io::StoreDtype;
+use ar_refine::tokenizer::{
+    reconstruction_psnr, train_vqgan, valid, Layout, PixelRange, Recon, VqTrainConfig, Vqgan, VqganConfig,
+};
+use args::{AnyResult, Args};
+use burn::backend::Autodiff;
+use setup::B;
+
+const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--out DIR]";
+
+fn main() -> AnyResult<()> {
+    let args = Args::parse(USAGE, &[])?;
+    args.only(&[
+        "data",
+        "train-images",
+        "val-images",
+        "resolution",
+        "hidden",
+        "mult",
+        "res-blocks",
+        "codebook",
+        "dim",
+        "steps",
+        "batch",
+        "lr",
+        "recon",
+        "out",
+    ])?;
+    let out = setup::out_dir(&args, "target/tokenizer-run")?;
+    let resolution: usize = args.get("resolution", 64)?;
+    let mult: Vec<usize> = args
+        .get("mult", "1,2,2".to_string())?
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "--mult takes comma-separated integers")?;
+    let dim: usize = args.get("dim", 32)?;
+    let config = VqganConfig {
+        in_channels: 3,
+        out_channels: 3,
+        hidden_channels: args.get("hidden", 64)?,
+        channel_mult: mult,
+        num_res_blocks: args.get("res-blocks", 2)?,
+        attn_resolutions: vec![],
+        mid_attention: false,
+        z_channels: dim,
+        embed_dim: dim,
+        num_embeddings: args.get("codebook", 1024)?,
+        resolution,
+        num_groups: 32,
+        commitment_cost: 0.25,
+        pixel_range: PixelRange::ZeroOne,
+    };
+    config.validate()?;
+    let (train, val) = setup::images(&args)?;
+    let val_n: usize = args.get("val-images", 1000)?;
+    let (train, val) = (
+        train.resized(resolution)?,
+        val.split(val_n).0.resized(resolution)?,
+    );
+    let device = setup::device();
+    let vq = Vqgan::<Autodiff<B>>::new(config.clone(), &device)?;
+    eprintln!(
+        "tokenizer: {} parameters, {}×{} tokens per image, codebook {} × {}",
+        vq.num_params(),
+        config.grid_size(),
+        config.grid_size(),
+        config.num_embeddings,
+        config.embed_dim
+    );
+    let before = reconstruction_psnr(&valid(vq.clone())?, &val, 64, &device)?;
+    let mut cfg = VqTrainConfig::new(
+        args.get("steps", 2000)?,
+        args.get("batch", 32)?,
+        args.get("lr", 2e-4)?,
+    );
+    cfg.recon = match args.get("recon", "l1".to_string())?.as_str() {
+        "l1" => Recon::L1,
+        "l2" => Recon::L2,
+        other => return Err(format!("--recon must be l1 or l2, got {other}").into()),
+    };
+    let mut used_sum = 0usize;
+    let mut restarted = 0usize;
+    let (vq, state) = train_vqgan(vq, &train, &cfg, Some(&out.join("checkpoints")), &mut |r| {
+        used_sum += r.codes_used;
+        restarted += r.restarted;
+        if r.step % 20 == 0 || r.step == r.steps {
+            eprint!(
+                "\rstep {}/{} loss {:.4} recon {:.4} codes/batch {} restarted {restarted} {:.0} img/s   ",
+                r.step, r.steps, r.loss, r.recon, r.codes_used, r.images_per_sec
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    eprintln!();
+    let vq = valid(vq)?;
+    let after = reconstruction_psnr(&vq, &val, 64, &device)?;
+    vq.save(out.join("tokenizer"), Layout::Taming, StoreDtype::F32)?;
+    let n = state.losses.len().min(50);
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    println!(
+        "{{\"codebook\":{},\"dim\":{},\"hidden\":{},\"steps\":{},\"loss_first\":{:.4},\"loss_last\":{:.4},\"val_psnr_before\":{before:.2},\"val_psnr_after\":{after:.2},\"mean_codes_per_batch\":{:.0},\"restarted\":{restarted}}}",
+        config.num_embeddings,
+        config.embed_dim,
+        config.hidden_channels,
+        state.step,
+        mean(&state.losses[..n]),
+        mean(&state.losses[state.losses.len() - n..]),
+        used_sum as f64 / state.step.max(1) as f64
+    );
+    Ok(())
+}
