@@ -48,6 +48,7 @@ fn logits_match_transformers<B: Backend>(device: &B::Device) {
         let want = r.read_f32(&format!("{base}.logits")).unwrap();
         let err = rel_err(&to_vec(out.logits), &want);
         assert!(err <= 1e-4, "{name}: logits relative error {err}");
+        println!("{name}: logits relative error {err:.2e}");
     }
 }
 
