@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] \
-//!     --backbone DIR --refiner DIR [--data DIR] [--task colorization] [--k 1,2,3] [--count 64] \
+//!     --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization] [--k 1,2,3] [--count 64] \
 //!     [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] \
 //!     [--out target/eval-run]
 //! ```
@@ -14,7 +14,9 @@
 //! accuracy, PSNR, SSIM, and the per-position cosine-distance curve with its area over all
 //! positions and the last third. Writes `OUT/report.json`, `OUT/report.md`,
 //! `OUT/comparison.png` (query | backbone | refined | truth, first K) and
-//! `OUT/position_error.png`, and prints the Markdown table.
+//! `OUT/position_error.png`, and prints the Markdown table. `--pairs-only` stops after the
+//! backbone's outputs (cached in `OUT/pairs-k*`; no `--refiner` needed), e.g. to generate them
+//! on a GPU machine and evaluate elsewhere with the same flags and `--out`.
 
 #[path = "common/args.rs"]
 mod args;
@@ -26,14 +28,15 @@ use ar_refine::refiner::load_refiner;
 use args::{AnyResult, Args};
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR --refiner DIR [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--out DIR]";
+const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--pairs-only] [--out DIR]";
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
+    let args = Args::parse(USAGE, &["pairs-only"])?;
     args.only(&[
         "tokenizer",
         "tokenizer-config",
         "backbone",
+        "lora",
         "refiner",
         "data",
         "train-images",
@@ -47,11 +50,11 @@ fn main() -> AnyResult<()> {
         "seed",
         "grid",
         "out",
+        "pairs-only",
     ])?;
     let out = setup::out_dir(&args, "target/eval-run")?;
     let (vq, lm) = setup::models(&args)?;
     let device = setup::device();
-    let (refiner, _) = load_refiner::<B>(args.required::<String>("refiner")?, &device)?;
     let (_, val_imgs) = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let ks: Vec<usize> = args
@@ -66,11 +69,17 @@ fn main() -> AnyResult<()> {
     let identity = serde_json::json!({
         "tokenizer": args.required::<String>("tokenizer")?,
         "backbone": args.required::<String>("backbone")?,
+        "lora": args.opt::<String>("lora")?,
     });
     let command = std::iter::once("cargo run --release --example evaluate --".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
+    let pairs_only = args.has("pairs-only");
+    let refiner = match pairs_only {
+        true => None,
+        false => Some(load_refiner::<B>(args.required::<String>("refiner")?, &device)?.0),
+    };
     let mut reports = Vec::new();
     let mut first = None;
     for &k in &ks {
@@ -86,8 +95,11 @@ fn main() -> AnyResult<()> {
             &out.join(format!("pairs-k{k}")),
             identity.clone(),
         )?;
+        let Some(refiner) = &refiner else {
+            continue;
+        };
         let targets: Vec<_> = sentences.iter().map(|s| s.target.clone()).collect();
-        let (evaluation, images) = evaluate(&vq, &refiner, &pairs, Some(&targets), 16, keep, &device)?;
+        let (evaluation, images) = evaluate(&vq, refiner, &pairs, Some(&targets), 16, keep, &device)?;
         if first.is_none() {
             let queries: Vec<_> = sentences
                 .iter()
@@ -103,6 +115,10 @@ fn main() -> AnyResult<()> {
             refiner_params: refiner.param_count(),
             evaluation,
         });
+    }
+    if pairs_only {
+        println!("pairs for K = {ks:?} in {}", out.display());
+        return Ok(());
     }
     let Some((images, queries)) = first else {
         return Err("--k is empty".into());

@@ -18,6 +18,9 @@
 //! - The refiner trains with the cosine loss (+ `--mse` weight), AdamW, warmup + cosine, clip 1;
 //!   checkpoints in `OUT/checkpoints` (an interrupted run resumes); the trained refiner is saved
 //!   to `OUT/refiner` for `examples/evaluate.rs`.
+//! - `--pairs-only`: stop after the pairs (e.g. generate them on a GPU machine, train elsewhere
+//!   from the cache: run again with the same flags and `--out`). `AR_REFINE_PAIR_BATCH` sets how
+//!   many prompts are generated at once (default 16).
 //!
 //! With `--features cuda` it runs on the GPU.
 
@@ -37,34 +40,34 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::Tensor;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] [--heads 8] [--mse 0] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] [--heads 8] [--mse 0] [--pairs-only] [--out DIR]";
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&[
-        "tokenizer",
-        "tokenizer-config",
-        "backbone",
-        "data",
-        "train-images",
-        "task",
-        "k",
-        "train-count",
-        "val-count",
-        "mode",
-        "temperature",
-        "top-k",
-        "top-p",
-        "seed",
-        "steps",
-        "batch",
-        "lr",
-        "d-model",
-        "layers",
-        "heads",
-        "mse",
-        "out",
-    ])?;
+    let args = Args::parse(USAGE, &["pairs-only"])?;
+    args.only(
+        &[
+            &setup::TRAINING_FLAGS[..],
+            &[
+                "val-count",
+                "mode",
+                "temperature",
+                "top-k",
+                "top-p",
+                "seed",
+                "steps",
+                "batch",
+                "lr",
+                "d-model",
+                "layers",
+                "heads",
+                "mse",
+                "out",
+                "pairs-only",
+            ],
+        ]
+        .concat(),
+    )?;
+    let pairs_only = args.has("pairs-only");
     let out = setup::out_dir(&args, "target/refiner-run")?;
     let (vq, lm) = setup::models(&args)?;
     let (train_imgs, val_imgs) = setup::images(&args)?;
@@ -99,6 +102,15 @@ fn main() -> AnyResult<()> {
         &out.join("pairs-val"),
         identity,
     )?;
+    if pairs_only {
+        println!(
+            "pairs: {} train, {} validation in {}",
+            train.len(),
+            val.len(),
+            out.display()
+        );
+        return Ok(());
+    }
 
     let rcfg = TransformerRefinerConfig::new(vq.code_dim())
         .with_d_model(args.get("d-model", 256)?)

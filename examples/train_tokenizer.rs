@@ -4,6 +4,7 @@
 //! cargo run --release --example train_tokenizer -- [--data DIR] [--train-images 2048] \
 //!     [--val-images 1000] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] \
 //!     [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] \
+//!     [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] \
 //!     [--out target/tokenizer-run]
 //! ```
 //!
@@ -13,8 +14,10 @@
 //! (64 px with `--mult 1,2,2` → 16×16 = 256 tokens, as LVM). Prints the validation
 //! reconstruction PSNR before and after, and saves the tokenizer (`config.json` +
 //! `model.safetensors`, open-MUSE/taming naming) to `OUT/tokenizer` for `examples/tokenize.rs`.
-//! Checkpoints go to `OUT/checkpoints` (an interrupted run resumes). With `--features cuda` it
-//! trains on the GPU.
+//! Checkpoints go to `OUT/checkpoints` (an interrupted run resumes). `--time-budget` ends the
+//! training within that many seconds (the step count is planned from the measured step time, see
+//! `ar_refine::train::TimeBudget`). `--log-every N` prints one line per N steps with the step
+//! time. With `--features cuda` it trains on the GPU.
 
 #[path = "common/args.rs"]
 mod args;
@@ -22,16 +25,19 @@ mod args;
 mod setup;
 
 use std::io::Write;
+use std::time::Duration;
 
 use ar_refine::io::StoreDtype;
 use ar_refine::tokenizer::{
-    reconstruction_psnr, train_vqgan, valid, Layout, PixelRange, Recon, VqTrainConfig, Vqgan, VqganConfig,
+    reconstruction_psnr, set_conv_path, train_vqgan, valid, ConvPath, Layout, PixelRange, Recon,
+    VqTrainConfig, Vqgan, VqganConfig,
 };
+use ar_refine::train::TimeBudget;
 use args::{AnyResult, Args};
 use burn::backend::Autodiff;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -49,6 +55,10 @@ fn main() -> AnyResult<()> {
         "batch",
         "lr",
         "recon",
+        "restart-every",
+        "time-budget",
+        "log-every",
+        "conv",
         "out",
     ])?;
     let out = setup::out_dir(&args, "target/tokenizer-run")?;
@@ -104,27 +114,41 @@ fn main() -> AnyResult<()> {
         "l2" => Recon::L2,
         other => return Err(format!("--recon must be l1 or l2, got {other}").into()),
     };
+    let restart: usize = args.get("restart-every", 100)?;
+    cfg.restart_dead_every = (restart > 0).then_some(restart);
+    if let Some(secs) = args.opt::<f64>("time-budget")? {
+        cfg.time_budget = Some(TimeBudget::new(Duration::from_secs_f64(secs)));
+    }
+    let log_every: usize = args.get("log-every", 20)?;
+    set_conv_path(match args.get("conv", "backend".to_string())?.as_str() {
+        "gemm" => ConvPath::Gemm,
+        "backend" => ConvPath::Backend,
+        other => return Err(format!("--conv must be backend or gemm, got {other}").into()),
+    });
     let mut used_sum = 0usize;
     let mut restarted = 0usize;
+    let (mut last, mut last_step) = (Duration::ZERO, 0usize);
     let (vq, state) = train_vqgan(vq, &train, &cfg, Some(&out.join("checkpoints")), &mut |r| {
         used_sum += r.codes_used;
         restarted += r.restarted;
-        if r.step % 20 == 0 || r.step == r.steps {
-            eprint!(
-                "\rstep {}/{} loss {:.4} recon {:.4} codes/batch {} restarted {restarted} {:.0} img/s   ",
-                r.step, r.steps, r.loss, r.recon, r.codes_used, r.images_per_sec
+        if r.step % log_every.max(1) == 0 || r.step == r.steps {
+            let per_step = (r.elapsed - last).as_secs_f64() * 1e3 / (r.step - last_step).max(1) as f64;
+            (last, last_step) = (r.elapsed, r.step);
+            eprintln!(
+                "step {}/{} loss {:.4} recon {:.4} codes/batch {} restarted {restarted} {:.0} img/s, {per_step:.1} ms/step lately, {:.1} s",
+                r.step, r.steps, r.loss, r.recon, r.codes_used, r.images_per_sec, r.elapsed.as_secs_f64()
             );
             let _ = std::io::stderr().flush();
         }
     })?;
-    eprintln!();
+    let train_secs = last.as_secs_f64();
     let vq = valid(vq)?;
     let after = reconstruction_psnr(&vq, &val, 64, &device)?;
-    vq.save(out.join("tokenizer"), Layout::Taming, StoreDtype::F32)?;
+    vq.save(out.join("tokenizer"), Layout::Taming, StoreDtype::F16)?;
     let n = state.losses.len().min(50);
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     println!(
-        "{{\"codebook\":{},\"dim\":{},\"hidden\":{},\"steps\":{},\"loss_first\":{:.4},\"loss_last\":{:.4},\"val_psnr_before\":{before:.2},\"val_psnr_after\":{after:.2},\"mean_codes_per_batch\":{:.0},\"restarted\":{restarted}}}",
+        "{{\"codebook\":{},\"dim\":{},\"hidden\":{},\"steps\":{},\"loss_first\":{:.4},\"loss_last\":{:.4},\"val_psnr_before\":{before:.2},\"val_psnr_after\":{after:.2},\"mean_codes_per_batch\":{:.0},\"restarted\":{restarted},\"train_secs\":{train_secs:.1}}}",
         config.num_embeddings,
         config.embed_dim,
         config.hidden_channels,

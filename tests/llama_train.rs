@@ -9,7 +9,7 @@ use ar_refine::backbone::{
     load_lora, save_lora, train_lm, Llama, LlamaConfig, LmTrainConfig, LoraConfig, ProjName,
 };
 use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
-use ar_refine::ArBackbone;
+use ar_refine::{ArBackbone, Error};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -185,4 +185,50 @@ fn lora_trains_only_the_adapters_and_round_trips() {
     for d in [before, after, init_dir, adapters] {
         std::fs::remove_dir_all(d).ok();
     }
+}
+
+/// Sequences of different lengths train together (each batch one length), a time budget ends
+/// the run early with the schedule moved, and unusable data is a typed error.
+#[test]
+fn mixed_lengths_time_budget_and_bad_data() {
+    let device = Default::default();
+    let mut data = sequences(32, 12, 5);
+    data.extend(sequences(32, 20, 6));
+    let mut cfg = LmTrainConfig::new(10_000, 4, 3e-3);
+    cfg.time_budget = Some(ar_refine::train::TimeBudget {
+        limit: std::time::Duration::from_millis(1),
+        calibrate: 3,
+        skip: 1,
+    });
+    let mut totals = Vec::new();
+    let model = Llama::<B>::new(tiny(), &device).unwrap();
+    let (_, state) = train_lm(model, &data, &cfg, None, &mut |r| totals.push(r.steps)).unwrap();
+    // the budget is spent by the time it is planned: the run stops right after planning
+    assert_eq!(state.step, 4, "{totals:?}");
+    assert_eq!(state.extra["planned_steps"], 4);
+    assert!(state.losses.iter().all(|l| l.is_finite()));
+
+    let m = Llama::<B>::new(tiny(), &device).unwrap();
+    let short = vec![vec![1i64, 2, 3], vec![4]];
+    assert!(matches!(
+        train_lm(
+            m.clone(),
+            &short,
+            &LmTrainConfig::new(2, 2, 1e-3),
+            None,
+            &mut |_| {}
+        ),
+        Err(Error::Shape { .. })
+    ));
+    let out_of_range = vec![vec![1i64, 2, 99]];
+    assert!(matches!(
+        train_lm(
+            m,
+            &out_of_range,
+            &LmTrainConfig::new(2, 2, 1e-3),
+            None,
+            &mut |_| {}
+        ),
+        Err(Error::TokenOutOfRange { .. })
+    ));
 }

@@ -11,7 +11,7 @@ use ar_refine::refiner::{load_refiner, save_refiner};
 use ar_refine::tasks::{Colorization, EdgeDetection, Inpainting, Task};
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::train::{
-    generate_pairs, train_refiner, PairMode, PairOptions, RefinerData, RefinerTrainConfig,
+    generate_pairs, load_pairs, train_refiner, PairMode, PairOptions, RefinerData, RefinerTrainConfig,
 };
 use ar_refine::{Error, Sampling, Tokenizer, TransformerRefinerConfig};
 use burn::backend::{Autodiff, NdArray};
@@ -88,6 +88,22 @@ fn pairs_training_evaluation_and_report() {
     .unwrap();
     assert_eq!(again, pairs);
     assert_eq!(generated_batches, 1, "only the lost chunk is regenerated");
+    // a finished cache loads without models or sentences; an unfinished one is `None`
+    let loaded = load_pairs(&cache, &opts.mode, &opts.config).unwrap();
+    assert_eq!(loaded.as_ref(), Some(&pairs));
+    assert!(matches!(
+        load_pairs(&cache, &PairMode::TeacherForced, &opts.config),
+        Err(Error::Checkpoint { .. })
+    ));
+    assert!(load_pairs(&tmp("no-pairs-here"), &opts.mode, &opts.config)
+        .unwrap()
+        .is_none());
+    meta["total"] = serde_json::json!(40);
+    let partial = tmp("pairs-partial");
+    copy_dir(&cache, &partial);
+    std::fs::write(partial.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    assert!(load_pairs(&partial, &opts.mode, &opts.config).unwrap().is_none());
+    std::fs::remove_dir_all(&partial).ok();
     std::fs::write(cache.join("chunk-000000.bin"), b"bad").unwrap();
     assert!(matches!(
         generate_pairs(&lm, &train_t, &opts, &device, &mut |_, _| {}),

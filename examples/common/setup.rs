@@ -4,14 +4,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ar_refine::backbone::Llama;
-use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet, Sentence};
+use ar_refine::backbone::{load_lora, Llama};
+use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet, Sentence, TokenSentence};
 use ar_refine::tasks::task_by_name;
 use ar_refine::tokenizer::Vqgan;
-use ar_refine::train::{generate_pairs, PairMode, PairOptions, Pairs};
+use ar_refine::train::{generate_pairs, load_pairs, PairMode, PairOptions, Pairs};
 use ar_refine::{ArBackbone, Sampling, Tokenizer};
 
 use super::args::{AnyResult, Args};
+
+/// Flags shared by the examples that train on a frozen backbone's prompts.
+pub const TRAINING_FLAGS: [&str; 8] = [
+    "tokenizer",
+    "tokenizer-config",
+    "backbone",
+    "data",
+    "train-images",
+    "task",
+    "k",
+    "train-count",
+];
 
 /// The CUDA backend with `--features cuda`, else the CPU backend.
 #[cfg(feature = "cuda")]
@@ -23,12 +35,18 @@ pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 
-/// `--tokenizer CKPT [--tokenizer-config F]` and `--backbone DIR`, checked to fit each other.
+/// `--tokenizer CKPT [--tokenizer-config F]` and `--backbone DIR [--lora DIR]`, checked to fit
+/// each other.
 pub fn models(args: &Args) -> AnyResult<(Vqgan<B>, Llama<B>)> {
     let device = device();
     let ckpt: String = args.required("tokenizer")?;
     let vq = Vqgan::<B>::load(&ckpt, args.path("tokenizer-config").as_deref(), &device)?;
-    let lm = Llama::<B>::from_pretrained(args.required::<String>("backbone")?, &device)?;
+    let mut lm = Llama::<B>::from_pretrained(args.required::<String>("backbone")?, &device)?;
+    if let Some(dir) = args.path("lora") {
+        // adapters (examples/train_lora.rs or PEFT) folded into the weights
+        lm = load_lora(lm, &dir, &device)?.0.merge_lora();
+        eprintln!("LoRA adapters from {} merged", dir.display());
+    }
     if vq.codebook_size() != lm.image_token_ids().len() {
         return Err(format!(
             "tokenizer has {} codes but the backbone has {} image ids ({:?})",
@@ -107,14 +125,21 @@ pub fn pairs(
     identity: serde_json::Value,
 ) -> AnyResult<(Pairs, Vec<Sentence>)> {
     let device = device();
-    let t = task_by_name(task)?;
-    let sentences = build_sentences(&set.resized(vq.image_size().0)?, t.as_ref(), k, count, seed)?;
-    let tokens = tokenize_sentences(vq, &sentences, 32, &device)?;
+    let config =
+        serde_json::json!({ "task": task, "k": k, "count": count, "seed": seed, "models": identity });
+    if let Some(pairs) = load_pairs(cache, mode, &config)? {
+        // complete cache (e.g. generated on a GPU machine): no tokenizing or generating
+        let t = task_by_name(task)?;
+        let sentences = build_sentences(&set.resized(vq.image_size().0)?, t.as_ref(), k, count, seed)?;
+        eprintln!("pairs: {} from {}", pairs.len(), cache.display());
+        return Ok((pairs, sentences));
+    }
+    let (sentences, tokens) = sentences(vq, set, task, k, count, seed)?;
     let opts = PairOptions {
         mode: mode.clone(),
-        batch: 16,
+        batch: pair_batch(),
         cache: Some(cache),
-        config: serde_json::json!({ "task": task, "k": k, "count": count, "seed": seed, "models": identity }),
+        config,
     };
     let start = std::time::Instant::now();
     let pairs = generate_pairs(lm, &tokens, &opts, &device, &mut |done, total| {
@@ -123,6 +148,31 @@ pub fn pairs(
     })?;
     eprintln!();
     Ok((pairs, sentences))
+}
+
+/// `count` visual sentences of `task` with `k` demonstrations from `set` (seeded), and their
+/// codes.
+pub fn sentences(
+    vq: &Vqgan<B>,
+    set: &ImageSet,
+    task: &str,
+    k: usize,
+    count: usize,
+    seed: u64,
+) -> AnyResult<(Vec<Sentence>, Vec<TokenSentence>)> {
+    let t = task_by_name(task)?;
+    let sentences = build_sentences(&set.resized(vq.image_size().0)?, t.as_ref(), k, count, seed)?;
+    let tokens = tokenize_sentences(vq, &sentences, 128, &device())?;
+    Ok((sentences, tokens))
+}
+
+/// Prompts generated at once: `AR_REFINE_PAIR_BATCH` (default 16; larger on a GPU).
+pub fn pair_batch() -> usize {
+    std::env::var("AR_REFINE_PAIR_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(16)
 }
 
 pub fn out_dir(args: &Args, default: &str) -> AnyResult<PathBuf> {

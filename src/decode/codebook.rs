@@ -102,6 +102,25 @@ impl<B: Backend> Codebook<B> {
         self
     }
 
+    /// The same codes searched with `metric` (caches recomputed for it), e.g. the cosine
+    /// codebook that refined embeddings snap to (see [`crate::pipeline::SelfRefinement`]).
+    ///
+    /// ```
+    /// use ar_refine::{Codebook, Metric};
+    /// use burn::backend::NdArray;
+    /// use burn::tensor::Tensor;
+    /// let d = Default::default();
+    /// let book = Codebook::new(Tensor::<NdArray, 2>::from_floats([[1., 0.], [3., 0.1]], &d), Metric::SquaredL2).unwrap();
+    /// let q = Tensor::<NdArray, 3>::from_floats([[[2.9, 0.0]]], &d);
+    /// assert_eq!(book.nearest(q.clone()).unwrap().into_data().to_vec::<i64>().unwrap(), vec![1]);
+    /// // by direction, [1, 0] is the closer code
+    /// let cos = book.with_metric(Metric::Cosine).unwrap();
+    /// assert_eq!(cos.nearest(q).unwrap().into_data().to_vec::<i64>().unwrap(), vec![0]);
+    /// ```
+    pub fn with_metric(&self, metric: Metric) -> Result<Self> {
+        Ok(Self::new(self.codes.clone(), metric)?.with_memory_budget(self.memory_budget))
+    }
+
     /// Number of codes `K`.
     pub fn size(&self) -> usize {
         self.codes.dims()[0]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::psnr;
 use super::ssim::ssim;
 use crate::checks::read_f32;
+use crate::decode::Metric;
 use crate::error::{Error, Result};
 use crate::io::rgb_to_tensor;
 use crate::train::Pairs;
@@ -100,6 +101,8 @@ pub fn evaluate<B: Backend>(
     let mut sums = [[0.0f64; 3]; 2]; // [backbone, refined] × [correct, psnr, ssim]
     let mut curves = [vec![0.0f64; n], vec![0.0f64; n]];
     let mut refine_time = 0.0;
+    // refined embeddings snap by cosine, as in `SelfRefinement::refine_codes`
+    let snap = tokenizer.codebook().with_metric(Metric::Cosine)?;
     let mut kept: Vec<[Tensor<B, 4>; 3]> = Vec::new();
     for s in (0..pairs.len()).step_by(batch.max(1)) {
         let idx: Vec<usize> = (s..(s + batch.max(1)).min(pairs.len())).collect();
@@ -108,7 +111,7 @@ pub fn evaluate<B: Backend>(
         let refined = {
             let e = tokenizer.embed(gen.clone())?;
             let r = refiner.refine(e, grid)?;
-            tokenizer.codebook().nearest(r)?
+            snap.nearest(r)?
         };
         let _ = refined.clone().into_data();
         refine_time += t0.elapsed().as_secs_f64();

@@ -5,6 +5,7 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::backbone::Sampling;
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims};
+use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
 use crate::traits::{ArBackbone, Refiner, Tokenizer};
 
@@ -42,6 +43,8 @@ pub struct SelfRefinement<'m, B: Backend> {
     tokenizer: &'m dyn Tokenizer<B>,
     refiner: &'m dyn Refiner<B>,
     sampling: Sampling,
+    /// The tokenizer's codes searched by cosine similarity: refined embeddings snap here.
+    snap: Codebook<B>,
 }
 
 impl<'m, B: Backend> SelfRefinement<'m, B> {
@@ -65,6 +68,7 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
             tokenizer,
             refiner,
             sampling: Sampling::greedy(),
+            snap: tokenizer.codebook().with_metric(Metric::Cosine)?,
         })
     }
 
@@ -109,7 +113,11 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
     }
 
     /// Refines code ids `[b, n]` (`n` = the tokenizer's grid): returns the refined ids `[b, n]`
-    /// and the refined embeddings `[b, n, D]`.
+    /// and the refined embeddings `[b, n, D]`. Refined embeddings snap to the code of highest
+    /// cosine similarity, whatever the tokenizer's own metric: the refiner is trained with the
+    /// cosine distance, which leaves the norm of its outputs free, so a Euclidean search would
+    /// depend on a quantity nobody trained (on the small LVM, Euclidean snapping halved the
+    /// token accuracy, `docs/tiny-lvm/RESULTS.md`).
     pub fn refine_codes(&self, codes: Tensor<B, 2, Int>) -> Result<(Tensor<B, 2, Int>, Tensor<B, 3>)> {
         let grid = self.tokenizer.grid();
         expect_dims(
@@ -120,7 +128,7 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
         )?;
         let embeddings = self.tokenizer.embed(codes)?;
         let refined = self.refiner.refine(embeddings, grid)?;
-        let ids = self.tokenizer.codebook().nearest(refined.clone())?;
+        let ids = self.snap.nearest(refined.clone())?;
         Ok((ids, refined))
     }
 

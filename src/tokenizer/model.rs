@@ -7,7 +7,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 
-use super::blocks::{conv, downsample, norm, upsample, AttnBlock, ResnetBlock};
+use super::blocks::{apply_conv, conv, downsample, norm, upsample, AttnBlock, ResnetBlock};
 use super::config::VqganConfig;
 
 /// One resolution level: ResNet blocks, optional attention after each, optional resampler.
@@ -145,7 +145,7 @@ impl<B: Backend> VqganModel<B> {
     /// Images `[b, C, H, W]` in the model's pixel range → pre-quantisation latents
     /// `[b, embed_dim, H/f, W/f]` (`quant_conv` output).
     pub fn encode_latent(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = self.enc_conv_in.forward(x);
+        let mut h = apply_conv(&self.enc_conv_in, x);
         let n = self.enc_levels.len();
         for (i, level) in self.enc_levels.iter().enumerate() {
             h = run_blocks(level, h);
@@ -155,13 +155,13 @@ impl<B: Backend> VqganModel<B> {
             }
         }
         let h = self.enc_mid.forward(h);
-        let h = self.enc_conv_out.forward(silu(self.enc_norm_out.forward(h)));
-        self.quant_conv.forward(h)
+        let h = apply_conv(&self.enc_conv_out, silu(self.enc_norm_out.forward(h)));
+        apply_conv(&self.quant_conv, h)
     }
 
     /// Quantised latents `[b, embed_dim, h, w]` → images `[b, C, H, W]` in the model's range.
     pub fn decode_latent(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.dec_conv_in.forward(self.post_quant_conv.forward(z));
+        let h = apply_conv(&self.dec_conv_in, apply_conv(&self.post_quant_conv, z));
         let mut h = self.dec_mid.forward(h);
         for level in self.dec_levels.iter().rev() {
             h = run_blocks(level, h);
@@ -169,7 +169,7 @@ impl<B: Backend> VqganModel<B> {
                 h = upsample(c, h);
             }
         }
-        self.dec_conv_out.forward(silu(self.dec_norm_out.forward(h)))
+        apply_conv(&self.dec_conv_out, silu(self.dec_norm_out.forward(h)))
     }
 }
 

@@ -18,7 +18,9 @@ use crate::data::ImageSet;
 use crate::decode::{nearest_codes, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{checkpoint_due, clip_grad_norm, resume, save_checkpoint, TrainState, WarmupCosine};
+use crate::train::{
+    checkpoint_due, clip_grad_norm, resume, save_checkpoint, Planner, TimeBudget, TrainState, WarmupCosine,
+};
 
 /// Reconstruction loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,9 @@ pub struct VqTrainConfig {
     pub seed: u64,
     /// Checkpoint period when a directory is given.
     pub checkpoint_every: usize,
+    /// Stop early enough to end within this wall time (`None`: run all `steps`).
+    #[serde(default)]
+    pub time_budget: Option<TimeBudget>,
 }
 
 impl VqTrainConfig {
@@ -76,6 +81,7 @@ impl VqTrainConfig {
             grad_clip: Some(1.0),
             seed: 0,
             checkpoint_every: 500,
+            time_budget: None,
         }
     }
 }
@@ -211,7 +217,8 @@ pub fn train_vqgan<B: AutodiffBackend>(
     let mut used = vec![false; c.num_embeddings];
     let start = Instant::now();
     let first = state.step;
-    while state.step < cfg.steps {
+    let mut plan = Planner::new(cfg.time_budget, &state, cfg.steps, cfg.schedule);
+    while state.step < plan.total {
         let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(images.len())).collect();
         let batch = images.batch::<B>(&idx, &device)?;
         let losses = vq_losses(&model, batch, cfg.recon, cfg.codebook_weight, beta)?;
@@ -232,9 +239,10 @@ pub fn train_vqgan<B: AutodiffBackend>(
         if let Some(clip) = cfg.grad_clip {
             clip_grad_norm(&model, &mut grads, clip)?;
         }
-        let lr = cfg.schedule.lr(state.step);
+        let lr = plan.schedule.lr(state.step);
         model = optim.step(lr, model, grads);
         state.step += 1;
+        plan.after_step(&mut state, start.elapsed());
         let mut restarted = 0;
         if cfg
             .restart_dead_every
@@ -264,7 +272,7 @@ pub fn train_vqgan<B: AutodiffBackend>(
         let elapsed = start.elapsed();
         on_step(&VqStepReport {
             step: state.step,
-            steps: cfg.steps,
+            steps: plan.total,
             loss,
             recon,
             codes_used: batch_used.len(),
@@ -274,7 +282,7 @@ pub fn train_vqgan<B: AutodiffBackend>(
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
+            if checkpoint_due(state.step, cfg.checkpoint_every, plan.total) {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }

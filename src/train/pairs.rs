@@ -165,17 +165,7 @@ pub fn generate_pairs<B: Backend>(
     };
     if let Some(dir) = cache {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let meta_path = dir.join("meta.json");
-        if meta_path.exists() {
-            let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-            let old: Meta =
-                serde_json::from_slice(&text).map_err(|e| bad(&meta_path, format!("bad meta.json: {e}")))?;
-            if old.format != FORMAT {
-                return Err(bad(
-                    &meta_path,
-                    format!("pair cache format {} (this build reads {FORMAT})", old.format),
-                ));
-            }
+        if let Some(old) = read_meta(dir)? {
             if old.config != full_config {
                 return Err(bad(
                     dir,
@@ -215,6 +205,47 @@ pub fn generate_pairs<B: Backend>(
         progress(pairs.len(), total);
     }
     Ok(pairs)
+}
+
+/// `dir/meta.json` if there is one, checked for this build's format.
+fn read_meta(dir: &Path) -> Result<Option<Meta>> {
+    let meta_path = dir.join("meta.json");
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let old: Meta =
+        serde_json::from_slice(&text).map_err(|e| bad(&meta_path, format!("bad meta.json: {e}")))?;
+    if old.format != FORMAT {
+        return Err(bad(
+            &meta_path,
+            format!("pair cache format {} (this build reads {FORMAT})", old.format),
+        ));
+    }
+    Ok(Some(old))
+}
+
+/// Loads a complete pair cache that [`generate_pairs`] wrote with the same `mode` and `config`
+/// (the `PairOptions` fields), without the backbone, the tokenizer or the sentences: e.g. pairs
+/// generated on a GPU machine, used for refiner training elsewhere. `Ok(None)` when `dir` has
+/// no cache or an unfinished one; a cache made with another configuration, or a corrupt chunk,
+/// is an error.
+pub fn load_pairs(dir: &Path, mode: &PairMode, config: &serde_json::Value) -> Result<Option<Pairs>> {
+    let Some(meta) = read_meta(dir)? else {
+        return Ok(None);
+    };
+    let mode = serde_json::to_value(mode).map_err(|e| Error::Config(e.to_string()))?;
+    if meta.config.get("mode") != Some(&mode) || meta.config.get("user") != Some(config) {
+        return Err(bad(
+            dir,
+            "the cache was made with another configuration; use a new directory",
+        ));
+    }
+    let mut pairs = Pairs::default();
+    for c in &meta.chunks {
+        read_chunk(&dir.join(&c.file), c, meta.tokens, &mut pairs)?;
+    }
+    Ok((pairs.len() == meta.total).then_some(pairs))
 }
 
 fn read_chunk(path: &PathBuf, c: &Chunk, n: usize, pairs: &mut Pairs) -> Result<()> {

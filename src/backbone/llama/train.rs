@@ -13,7 +13,9 @@ use super::model::Llama;
 use crate::checks::{int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{checkpoint_due, clip_grad_norm, resume, save_checkpoint, TrainState, WarmupCosine};
+use crate::train::{
+    checkpoint_due, clip_grad_norm, resume, save_checkpoint, Planner, TimeBudget, TrainState, WarmupCosine,
+};
 
 /// Settings of [`train_lm`].
 ///
@@ -41,6 +43,9 @@ pub struct LmTrainConfig {
     /// Only predictions of tokens at positions `>= loss_from` count (e.g. the query's output
     /// image of a visual sentence); `1` scores every next-token prediction.
     pub loss_from: usize,
+    /// Stop early enough to end within this wall time (`None`: run all `steps`).
+    #[serde(default)]
+    pub time_budget: Option<TimeBudget>,
 }
 
 impl LmTrainConfig {
@@ -57,6 +62,7 @@ impl LmTrainConfig {
             seed: 0,
             checkpoint_every: 500,
             loss_from: 1,
+            time_budget: None,
         }
     }
 }
@@ -102,7 +108,8 @@ pub fn lm_loss<B: Backend>(
     Ok(logp.gather(2, targets).mean().neg())
 }
 
-/// Trains `model` on `sequences` (equal-length token sequences, vocabulary ids) with AdamW,
+/// Trains `model` on `sequences` (token sequences of vocabulary ids; each batch holds sequences of
+/// one length, so visual sentences with different numbers of demonstrations can be mixed) with AdamW,
 /// warmup + cosine learning rate and global gradient clipping. Parameters without gradients
 /// (a frozen base under LoRA, see [`Llama::with_lora`]) are not changed.
 ///
@@ -123,16 +130,20 @@ pub fn train_lm<B: AutodiffBackend>(
             "batch_size and checkpoint_every must be >= 1".into(),
         ));
     }
-    let len = sequences
-        .first()
-        .map(Vec::len)
-        .ok_or_else(|| Error::Config("no training sequences".into()))?;
-    if let Some((i, s)) = sequences.iter().enumerate().find(|(_, s)| s.len() != len) {
+    if sequences.is_empty() {
+        return Err(Error::Config("no training sequences".into()));
+    }
+    if let Some(i) = sequences.iter().position(|s| s.len() < 2) {
         return Err(Error::shape(
             format!("training sequence {i}"),
-            format!("[{len}] like sequence 0"),
-            &[s.len()],
+            "at least 2 tokens",
+            &[sequences[i].len()],
         ));
+    }
+    // sequences of one length per batch: a batch is one random sequence and others of its length
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, s) in sequences.iter().enumerate() {
+        groups.entry(s.len()).or_default().push(i);
     }
     let vocab = model.config.vocab_size as i64;
     for (i, s) in sequences.iter().enumerate() {
@@ -154,11 +165,16 @@ pub fn train_lm<B: AutodiffBackend>(
     (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);
     let start = Instant::now();
-    let first = state.step;
-    while state.step < cfg.steps {
-        let batch: Vec<i64> = (0..cfg.batch_size)
-            .flat_map(|_| sequences[rng.below(sequences.len())].iter().copied())
-            .collect();
+    let mut plan = Planner::new(cfg.time_budget, &state, cfg.steps, cfg.schedule);
+    let mut tokens_seen = 0usize;
+    while state.step < plan.total {
+        let lead = rng.below(sequences.len());
+        let len = sequences[lead].len();
+        let group = &groups[&len];
+        let mut batch: Vec<i64> = sequences[lead].clone();
+        for _ in 1..cfg.batch_size {
+            batch.extend_from_slice(&sequences[group[rng.below(group.len())]]);
+        }
         let tokens = int_tensor(batch, cfg.batch_size, len, &device);
         let loss = lm_loss(&model, tokens, cfg.loss_from)?;
         let loss_value = read_f32(loss.clone())?[0];
@@ -172,24 +188,25 @@ pub fn train_lm<B: AutodiffBackend>(
             Some(c) => clip_grad_norm(&model, &mut grads, c)?,
             None => f64::NAN,
         };
-        let lr = cfg.schedule.lr(state.step);
+        let lr = plan.schedule.lr(state.step);
         model = optim.step(lr, model, grads);
         state.step += 1;
+        tokens_seen += cfg.batch_size * len;
+        plan.after_step(&mut state, start.elapsed());
         state.losses.push(loss_value);
         state.rng = rng.state();
         let elapsed = start.elapsed();
         on_step(&StepReport {
             step: state.step,
-            steps: cfg.steps,
+            steps: plan.total,
             loss: loss_value,
             lr,
             grad_norm,
-            tokens_per_sec: ((state.step - first) * cfg.batch_size * len) as f64
-                / elapsed.as_secs_f64().max(1e-9),
+            tokens_per_sec: tokens_seen as f64 / elapsed.as_secs_f64().max(1e-9),
             elapsed,
         });
         if let Some(dir) = checkpoints {
-            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
+            if checkpoint_due(state.step, cfg.checkpoint_every, plan.total) {
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }
