@@ -57,12 +57,7 @@ fn main() -> AnyResult<()> {
     let device = setup::device();
     let (_, val_imgs) = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
-    let ks: Vec<usize> = args
-        .get("k", "1".to_string())?
-        .split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| "--k takes comma-separated integers")?;
+    let ks: Vec<usize> = args.list("k", "1")?;
     let count: usize = args.get("count", 64)?;
     let keep: usize = args.get("grid", 6)?;
     let mode = setup::mode(&args)?;

@@ -45,13 +45,6 @@ use setup::B;
 
 const USAGE: &str = "cargo run --release --example pretrain_backbone -- --tokenizer DIR [--data DIR] [--train-images N] [--val-images N] [--tasks colorization,inpainting,edges] [--k 1,2,3] [--sentences 2048] [--hidden 320] [--intermediate 864] [--layers 6] [--heads 5] [--steps 4000] [--batch 16] [--lr 1e-3] [--time-budget SECS] [--log-every 25] [--out DIR]";
 
-fn list<T: std::str::FromStr>(s: &str, what: &str) -> AnyResult<Vec<T>> {
-    s.split(',')
-        .map(|p| p.trim().parse::<T>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("--{what}: cannot parse {s:?}").into())
-}
-
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
     args.only(&[
@@ -81,11 +74,8 @@ fn main() -> AnyResult<()> {
         args.path("tokenizer-config").as_deref(),
         &device,
     )?;
-    let tasks: Vec<String> = list(
-        &args.get("tasks", "colorization,inpainting,edges".to_string())?,
-        "tasks",
-    )?;
-    let ks: Vec<usize> = list(&args.get("k", "1,2,3".to_string())?, "k")?;
+    let tasks: Vec<String> = args.list("tasks", "colorization,inpainting,edges")?;
+    let ks: Vec<usize> = args.list("k", "1,2,3")?;
     let per: usize = args.get("sentences", 2048)?;
     let (train_imgs, val_imgs) = setup::images(&args)?;
     let side = vq.image_size().0;

@@ -63,12 +63,7 @@ fn main() -> AnyResult<()> {
     ])?;
     let out = setup::out_dir(&args, "target/tokenizer-run")?;
     let resolution: usize = args.get("resolution", 64)?;
-    let mult: Vec<usize> = args
-        .get("mult", "1,2,2".to_string())?
-        .split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| "--mult takes comma-separated integers")?;
+    let mult: Vec<usize> = args.list("mult", "1,2,2")?;
     let dim: usize = args.get("dim", 32)?;
     let config = VqganConfig {
         in_channels: 3,

@@ -66,6 +66,15 @@ impl Args {
         Ok(self.opt(name)?.unwrap_or(default))
     }
 
+    /// A comma-separated list, `default` when the flag is absent.
+    pub fn list<T: FromStr>(&self, name: &str, default: &str) -> AnyResult<Vec<T>> {
+        let v = self.values.get(name).map(String::as_str).unwrap_or(default);
+        v.split(',')
+            .map(|p| p.trim().parse::<T>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("--{name} takes a comma-separated list, got {v:?}").into())
+    }
+
     pub fn required<T: FromStr>(&self, name: &str) -> AnyResult<T> {
         self.opt(name)?
             .ok_or_else(|| format!("--{name} is required\n\n{}", self.usage).into())

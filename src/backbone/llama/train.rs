@@ -192,10 +192,10 @@ pub fn train_lm<B: AutodiffBackend>(
         model = optim.step(lr, model, grads);
         state.step += 1;
         tokens_seen += cfg.batch_size * len;
-        plan.after_step(&mut state, start.elapsed());
+        let elapsed = start.elapsed();
+        plan.after_step(&mut state, elapsed);
         state.losses.push(loss_value);
         state.rng = rng.state();
-        let elapsed = start.elapsed();
         on_step(&StepReport {
             step: state.step,
             steps: plan.total,
