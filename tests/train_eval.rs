@@ -210,6 +210,18 @@ fn pairs_training_evaluation_and_report() {
         );
         assert!(m.cos_area_last_third <= m.cos_area + 1e-9);
     }
+    // the change counts account for the accuracy difference exactly
+    let c = &eval.changes;
+    let gain = eval.refined.token_accuracy - eval.backbone.token_accuracy;
+    assert!((gain - (c.fixed - c.broken)).abs() < 1e-9, "{c:?} vs gain {gain}");
+    assert!(
+        c.fixed + c.broken <= c.changed + 1e-12 && c.changed <= 1.0,
+        "{c:?}"
+    );
+    let k = vq.codebook_size();
+    for d in [c.distinct_backbone, c.distinct_refined, c.distinct_truth] {
+        assert!((1..=k).contains(&d), "{c:?}");
+    }
     let out = tmp("report");
     let queries: Vec<_> = val_s.iter().map(|s| s.images.last().unwrap().clone()).collect();
     let report = EvalReport {

@@ -147,6 +147,14 @@ pub fn pairs(
         let _ = std::io::stderr().flush();
     })?;
     eprintln!();
+    // generation time beside the cache, for "refinement time as a fraction of generation time"
+    let timing = serde_json::json!({
+        "seconds": start.elapsed().as_secs_f64(),
+        "prompts": pairs.len(),
+        "batch": pair_batch(),
+        "backend": std::any::type_name::<B>(),
+    });
+    std::fs::write(cache.join("generation.json"), timing.to_string())?;
     Ok((pairs, sentences))
 }
 

@@ -52,6 +52,28 @@ pub struct Evaluation {
     pub reference: String,
     /// Wall time of refinement (embed + refiner + nearest code) per sample, ms.
     pub refine_ms_per_sample: f64,
+    /// How the refiner changed the backbone's codes.
+    #[serde(default)]
+    pub changes: Changes,
+}
+
+/// How refinement changed the backbone's codes, over all evaluated tokens: where token
+/// accuracy and cosine distance disagree, this says whether the refiner rewrote many codes and
+/// whether it rewrote them towards the truth.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Fraction of tokens whose code the refiner changed.
+    pub changed: f64,
+    /// Fraction of tokens wrong before refinement and right after.
+    pub fixed: f64,
+    /// Fraction of tokens right before refinement and wrong after.
+    pub broken: f64,
+    /// Distinct codes in the backbone's outputs (all samples together).
+    pub distinct_backbone: usize,
+    /// Distinct codes after refinement.
+    pub distinct_refined: usize,
+    /// Distinct codes in the ground truth.
+    pub distinct_truth: usize,
 }
 
 /// Decoded images of the first samples, for a comparison grid: `[m, 3, H, W]` each.
@@ -101,6 +123,8 @@ pub fn evaluate<B: Backend>(
     let mut sums = [[0.0f64; 3]; 2]; // [backbone, refined] × [correct, psnr, ssim]
     let mut curves = [vec![0.0f64; n], vec![0.0f64; n]];
     let mut refine_time = 0.0;
+    let mut moves = [0.0f64; 3]; // changed, fixed, broken
+    let mut distinct: [std::collections::HashSet<u32>; 3] = Default::default();
     // refined embeddings snap by cosine, as in `SelfRefinement::refine_codes`
     let snap = tokenizer.codebook().with_metric(Metric::Cosine)?;
     let mut kept: Vec<[Tensor<B, 4>; 3]> = Vec::new();
@@ -139,6 +163,20 @@ pub fn evaluate<B: Backend>(
             None => tokenizer.decode(truth.clone())?,
         };
         let e_truth = tokenizer.embed(truth.clone())?;
+        let right_before = gen.clone().equal(truth.clone()).int();
+        let right_after = refined.clone().equal(truth.clone()).int();
+        let counts = [
+            gen.clone().not_equal(refined.clone()).int().sum(),
+            (right_after.clone() - right_before.clone()).clamp_min(0).sum(),
+            (right_before - right_after).clamp_min(0).sum(),
+        ];
+        for (m, c) in moves.iter_mut().zip(counts) {
+            *m += read_f32(c.float())?[0] as f64;
+        }
+        for (set, codes) in distinct.iter_mut().zip([&gen, &refined, &truth]) {
+            // ids are far below 2^24, so they are exact in f32
+            set.extend(read_f32(codes.clone().float())?.iter().map(|&v| v as u32));
+        }
         let mut decoded = Vec::new();
         for (which, codes) in [gen, refined].into_iter().enumerate() {
             let correct = codes.clone().equal(truth.clone()).int().sum();
@@ -189,6 +227,14 @@ pub fn evaluate<B: Backend>(
         }
         .into(),
         refine_ms_per_sample: refine_time * 1e3 / count,
+        changes: Changes {
+            changed: moves[0] / (count * n as f64),
+            fixed: moves[1] / (count * n as f64),
+            broken: moves[2] / (count * n as f64),
+            distinct_backbone: distinct[0].len(),
+            distinct_refined: distinct[1].len(),
+            distinct_truth: distinct[2].len(),
+        },
     };
     let cat = |k: usize| -> Option<Tensor<B, 4>> {
         (!kept.is_empty()).then(|| Tensor::cat(kept.iter().map(|x| x[k].clone()).collect(), 0))

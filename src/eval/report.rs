@@ -104,6 +104,21 @@ pub fn markdown(reports: &[EvalReport]) -> String {
             ));
         }
     }
+    s.push_str("\nWhat the refiner changed (fractions of all tokens; distinct codes backbone / refined / truth):\n\n");
+    for r in reports {
+        let c = &r.evaluation.changes;
+        s.push_str(&format!(
+            "- {} K = {}: changed {:.4}, fixed {:.4}, broken {:.4}; distinct codes {} / {} / {}\n",
+            r.task,
+            r.k,
+            c.changed,
+            c.fixed,
+            c.broken,
+            c.distinct_backbone,
+            c.distinct_refined,
+            c.distinct_truth
+        ));
+    }
     if let Some(r) = reports.first() {
         s.push_str(&format!(
             "\nImages are compared with the {}. Refiner: {} parameters, {:.2} ms per sample \
