@@ -4,7 +4,7 @@
 //! cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] \
 //!     --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization] [--k 1,2,3] [--count 64] \
 //!     [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] \
-//!     [--out target/eval-run]
+//!     [--devices 0,1] [--out target/eval-run]
 //! ```
 //!
 //! For every K in `--k`, `--count` validation prompts (K demonstration pairs + query, from the
@@ -16,7 +16,8 @@
 //! `OUT/comparison.png` (query | backbone | refined | truth, first K) and
 //! `OUT/position_error.png`, and prints the Markdown table. `--pairs-only` stops after the
 //! backbone's outputs (cached in `OUT/pairs-k*`; no `--refiner` needed), e.g. to generate them
-//! on a GPU machine and evaluate elsewhere with the same flags and `--out`.
+//! on a GPU machine and evaluate elsewhere with the same flags and `--out`. `--devices 0,1`
+//! shards the backbone's generation over several GPUs (one replica each).
 
 #[path = "common/args.rs"]
 mod args;
@@ -28,7 +29,7 @@ use ar_refine::refiner::load_refiner;
 use args::{AnyResult, Args};
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--pairs-only] [--out DIR]";
+const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--pairs-only] [--devices 0,1] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["pairs-only"])?;
@@ -51,10 +52,12 @@ fn main() -> AnyResult<()> {
         "grid",
         "out",
         "pairs-only",
+        "devices",
     ])?;
     let out = setup::out_dir(&args, "target/eval-run")?;
     let (vq, lm) = setup::models(&args)?;
     let device = setup::device();
+    let devices = setup::devices(&args)?;
     let (_, val_imgs) = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let ks: Vec<usize> = args.list("k", "1")?;
@@ -89,6 +92,7 @@ fn main() -> AnyResult<()> {
             &mode,
             &out.join(format!("pairs-k{k}")),
             identity.clone(),
+            (&args, &devices),
         )?;
         let Some(refiner) = &refiner else {
             continue;

@@ -5,7 +5,7 @@
 //!     --backbone DIR [--data DIR] [--train-images 2048] [--task colorization] [--k 1] \
 //!     [--train-count 512] [--val-count 64] [--mode free|teacher] [--temperature T --top-k K \
 //!     --top-p P --seed S] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] \
-//!     [--heads 8] [--mse 0] [--out target/refiner-run]
+//!     [--heads 8] [--mse 0] [--devices 0,1] [--out target/refiner-run]
 //! ```
 //!
 //! - `--tokenizer`, `--backbone`: a VQGAN checkpoint (see `examples/tokenize.rs`) and an HF LLaMA
@@ -21,6 +21,10 @@
 //! - `--pairs-only`: stop after the pairs (e.g. generate them on a GPU machine, train elsewhere
 //!   from the cache: run again with the same flags and `--out`). `AR_REFINE_PAIR_BATCH` sets how
 //!   many prompts are generated at once (default 16).
+//!
+//! - `--devices 0,1`: several GPUs. Pair generation is sharded (one backbone replica per GPU,
+//!   one cache, the same files as on one GPU) and the refiner trains data-parallel (the global
+//!   `--batch` split between the GPUs, gradients all-reduced through Burn's collective ops).
 //!
 //! With `--features cuda` it runs on the GPU.
 
@@ -40,7 +44,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::Tensor;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] [--heads 8] [--mse 0] [--pairs-only] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] [--heads 8] [--mse 0] [--pairs-only] [--devices 0,1] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["pairs-only"])?;
@@ -63,6 +67,7 @@ fn main() -> AnyResult<()> {
                 "mse",
                 "out",
                 "pairs-only",
+                "devices",
             ],
         ]
         .concat(),
@@ -70,6 +75,7 @@ fn main() -> AnyResult<()> {
     let pairs_only = args.has("pairs-only");
     let out = setup::out_dir(&args, "target/refiner-run")?;
     let (vq, lm) = setup::models(&args)?;
+    let devices = setup::devices(&args)?;
     let (train_imgs, val_imgs) = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let k: usize = args.get("k", 1)?;
@@ -89,6 +95,7 @@ fn main() -> AnyResult<()> {
         &mode,
         &out.join("pairs-train"),
         identity.clone(),
+        (&args, &devices),
     )?;
     let (val, _) = setup::pairs(
         &vq,
@@ -101,6 +108,7 @@ fn main() -> AnyResult<()> {
         &mode,
         &out.join("pairs-val"),
         identity,
+        (&args, &devices),
     )?;
     if pairs_only {
         println!(
@@ -135,6 +143,7 @@ fn main() -> AnyResult<()> {
         grid: vq.grid(),
         train: &train,
         val: Some(&val),
+        devices: &devices,
     };
     let (refiner, state) = train_refiner(refiner, data, &cfg, Some(&out.join("checkpoints")), &mut |r| {
         let val = r.val_loss.map(|v| format!(" val {v:.4}")).unwrap_or_default();

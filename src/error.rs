@@ -73,6 +73,15 @@ pub enum Error {
     /// The backend failed while executing or reading back a tensor.
     #[error("backend execution failed: {0}")]
     Backend(String),
+    /// A multi-device run failed on one device (the worker of device `rank` in the list), or
+    /// Burn's collective operations (gradient all-reduce) failed.
+    #[error("device {rank} of the data-parallel run: {reason}")]
+    Parallel {
+        /// Position of the device in the device list.
+        rank: usize,
+        /// What went wrong there.
+        reason: String,
+    },
 }
 
 impl Error {

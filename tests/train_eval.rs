@@ -20,9 +20,8 @@ use burn::module::AutodiffModule;
 type B = NdArray;
 type A = Autodiff<NdArray>;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+use common::{fixture_vqgan, fixtures};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ar_refine_te_{name}_{}", std::process::id()));
@@ -48,12 +47,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn pairs_training_evaluation_and_report() {
     let device = Default::default();
-    let vq = Vqgan::<B>::load(
-        fixtures().join("vqgan/open_muse/pytorch_model.bin"),
-        None,
-        &device,
-    )
-    .unwrap();
+    let vq = fixture_vqgan::<B>(&device);
     let lm = Llama::<B>::from_pretrained(fixtures().join("llama/pair"), &device).unwrap();
     let (train_imgs, val_imgs) = photos().split(40);
     let train_s = build_sentences(&train_imgs, &Colorization, 1, 32, 1).unwrap();
@@ -151,6 +145,7 @@ fn pairs_training_evaluation_and_report() {
             grid: vq_grid(&vq),
             train: &pairs,
             val: Some(&val_pairs),
+            devices: &[],
         },
         &cfg,
         Some(&ckpt),
@@ -178,6 +173,7 @@ fn pairs_training_evaluation_and_report() {
             grid: vq_grid(&vq),
             train: &pairs,
             val: Some(&val_pairs),
+            devices: &[],
         },
         &cfg,
         Some(&part),
@@ -310,12 +306,7 @@ fn bad_setups_are_typed_errors() {
         Err(Error::Config(_))
     ));
     // K too large for the context: 2·20 + 1 images × 16 tokens > 256 positions.
-    let vq = Vqgan::<B>::load(
-        fixtures().join("vqgan/open_muse/pytorch_model.bin"),
-        None,
-        &device,
-    )
-    .unwrap();
+    let vq = fixture_vqgan::<B>(&device);
     let lm = Llama::<B>::from_pretrained(fixtures().join("llama/pair"), &device).unwrap();
     let big = ImageSet::synthetic(24, 64, 2);
     let s = build_sentences(&big, &Colorization, 20, 1, 0).unwrap();

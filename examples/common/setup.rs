@@ -8,7 +8,7 @@ use ar_refine::backbone::{load_lora, Llama};
 use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet, Sentence, TokenSentence};
 use ar_refine::tasks::task_by_name;
 use ar_refine::tokenizer::Vqgan;
-use ar_refine::train::{generate_pairs, load_pairs, PairMode, PairOptions, Pairs};
+use ar_refine::train::{generate_pairs, generate_pairs_sharded, load_pairs, PairMode, PairOptions, Pairs};
 use ar_refine::{ArBackbone, Sampling, Tokenizer};
 
 use super::args::{AnyResult, Args};
@@ -35,16 +35,46 @@ pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 
+/// `--devices 0,1`: the devices for data-parallel pair generation and refiner training (CUDA
+/// ordinals with `--features cuda`; on the CPU backend every entry is a replica on the CPU, which
+/// exercises the same code). Default: the one default device.
+pub fn devices(args: &Args) -> AnyResult<Vec<burn::tensor::Device<B>>> {
+    if args.path("devices").is_none() {
+        return Ok(vec![device()]);
+    }
+    let ids: Vec<usize> = args.list("devices", "0")?;
+    #[cfg(feature = "cuda")]
+    let devices = ids
+        .into_iter()
+        .map(burn::backend::cuda::CudaDevice::new)
+        .collect();
+    #[cfg(not(feature = "cuda"))]
+    let devices = ids.iter().map(|_| device()).collect();
+    Ok(devices)
+}
+
+/// `--backbone DIR [--lora DIR]` on `device` (adapters merged into the weights).
+pub fn backbone(args: &Args, device: &burn::tensor::Device<B>) -> ar_refine::Result<Llama<B>> {
+    let dir: PathBuf = args
+        .path("backbone")
+        .ok_or_else(|| ar_refine::Error::Config("--backbone is required".into()))?;
+    let lm = Llama::<B>::from_pretrained(dir, device)?;
+    match args.path("lora") {
+        // adapters (examples/train_lora.rs or PEFT) folded into the weights
+        Some(dir) => Ok(load_lora(lm, &dir, device)?.0.merge_lora()),
+        None => Ok(lm),
+    }
+}
+
 /// `--tokenizer CKPT [--tokenizer-config F]` and `--backbone DIR [--lora DIR]`, checked to fit
 /// each other.
 pub fn models(args: &Args) -> AnyResult<(Vqgan<B>, Llama<B>)> {
     let device = device();
     let ckpt: String = args.required("tokenizer")?;
     let vq = Vqgan::<B>::load(&ckpt, args.path("tokenizer-config").as_deref(), &device)?;
-    let mut lm = Llama::<B>::from_pretrained(args.required::<String>("backbone")?, &device)?;
+    args.required::<String>("backbone")?;
+    let lm = backbone(args, &device)?;
     if let Some(dir) = args.path("lora") {
-        // adapters (examples/train_lora.rs or PEFT) folded into the weights
-        lm = load_lora(lm, &dir, &device)?.0.merge_lora();
         eprintln!("LoRA adapters from {} merged", dir.display());
     }
     if vq.codebook_size() != lm.image_token_ids().len() {
@@ -110,7 +140,8 @@ pub fn mode(args: &Args) -> AnyResult<PairMode> {
 }
 
 /// Sentences of `task` with `k` demonstrations from `set`, their pairs from the frozen backbone
-/// (cached under `cache`), and the sentences themselves (for targets and grids).
+/// (cached under `cache`), and the sentences themselves (for targets and grids). With several
+/// `devices`, generation is sharded over them (one replica of `--backbone` per device).
 #[allow(clippy::too_many_arguments)]
 pub fn pairs(
     vq: &Vqgan<B>,
@@ -123,6 +154,7 @@ pub fn pairs(
     mode: &PairMode,
     cache: &Path,
     identity: serde_json::Value,
+    (args, devices): (&Args, &[burn::tensor::Device<B>]),
 ) -> AnyResult<(Pairs, Vec<Sentence>)> {
     let device = device();
     let config =
@@ -142,10 +174,16 @@ pub fn pairs(
         config,
     };
     let start = std::time::Instant::now();
-    let pairs = generate_pairs(lm, &tokens, &opts, &device, &mut |done, total| {
+    let mut progress = |done, total| {
         eprint!("\rpairs {done}/{total} ({:.0} s)", start.elapsed().as_secs_f64());
         let _ = std::io::stderr().flush();
-    })?;
+    };
+    let pairs = if devices.len() > 1 {
+        let load = |d: &burn::tensor::Device<B>| backbone(args, d);
+        generate_pairs_sharded::<B, _, _>(devices, load, &tokens, &opts, &mut progress)?
+    } else {
+        generate_pairs(lm, &tokens, &opts, &device, &mut progress)?
+    };
     eprintln!();
     // generation time beside the cache, for "refinement time as a fraction of generation time"
     let timing = serde_json::json!({
@@ -153,6 +191,7 @@ pub fn pairs(
         "prompts": pairs.len(),
         "batch": pair_batch(),
         "backend": std::any::type_name::<B>(),
+        "devices": devices.len().max(1),
     });
     std::fs::write(cache.join("generation.json"), timing.to_string())?;
     Ok((pairs, sentences))

@@ -4,6 +4,7 @@
 mod budget;
 mod checkpoint;
 mod clip;
+mod data_parallel;
 mod loss;
 mod pairs;
 mod refiner_loop;
@@ -16,6 +17,6 @@ pub use checkpoint::{
 };
 pub use clip::clip_grad_norm;
 pub use loss::{cosine_loss, RefinementLoss};
-pub use pairs::{generate_pairs, load_pairs, PairMode, PairOptions, Pairs};
+pub use pairs::{generate_pairs, generate_pairs_sharded, load_pairs, PairMode, PairOptions, Pairs};
 pub use refiner_loop::{refiner_loss, train_refiner, RefinerData, RefinerStepReport, RefinerTrainConfig};
 pub use schedule::WarmupCosine;

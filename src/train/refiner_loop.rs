@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{checkpoint_due, resume, save_checkpoint, TrainState};
 use super::clip::clip_grad_norm;
+use super::data_parallel::{exclusive_run, Peer};
 use super::loss::RefinementLoss;
 use super::pairs::Pairs;
 use super::schedule::WarmupCosine;
-use crate::checks::read_f32;
-use crate::decode::Codebook;
+use crate::checks::{read_data, read_f32};
+use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::traits::{Refiner, TokenGrid};
@@ -107,7 +109,7 @@ pub fn refiner_loss<B: Backend, M: Refiner<B>>(
 }
 
 /// What [`train_refiner`] trains on: the tokenizer's codebook (fixed; it embeds the codes), the
-/// token grid, and the training and optional validation pairs.
+/// token grid, the training and optional validation pairs, and the devices to train on.
 #[derive(Clone, Copy)]
 pub struct RefinerData<'a, B: Backend> {
     /// The codebook `[K, D]` on the training backend.
@@ -118,6 +120,9 @@ pub struct RefinerData<'a, B: Backend> {
     pub train: &'a Pairs,
     /// Validation pairs.
     pub val: Option<&'a Pairs>,
+    /// Devices to train on. Empty: the codebook's device. Two or more: data-parallel training,
+    /// one replica per device (see [`train_refiner`]).
+    pub devices: &'a [B::Device],
 }
 
 /// Trains `refiner` on `data.train` pairs: embeddings of the generated codes in, embeddings of the
@@ -129,6 +134,17 @@ pub struct RefinerData<'a, B: Backend> {
 /// a checkpoint resumes from it: on the CPU backend the resumed loss curve equals the
 /// uninterrupted one. With validation pairs, the validation loss is computed every `validate_every` steps
 /// and kept in the state's `extra.val`. Returns the trained refiner and the final state.
+///
+/// **Several devices** (`data.devices`, e.g. two CUDA GPUs): one replica per device, each in its
+/// own thread. Every step draws the same global batch of `batch_size` pairs as one device would,
+/// splits it into contiguous shards (one per device), and sums the shard gradients (each shard's
+/// loss weighted by its share of the batch) with one all-reduce through Burn's collective
+/// operations (`burn-collective`); clipping and the AdamW step then run identically on every
+/// replica. The losses, the checkpoints (written by the first device) and resume are those of a
+/// one-device run with the same `batch_size`, up to float rounding, so a run may resume on another
+/// number of devices. `on_step`, validation and checkpoints run on the first device's thread
+/// (the caller's). One data-parallel run per process at a time (others wait). Several devices
+/// need the `multi-device` feature (a [`Error::Config`] otherwise).
 pub fn train_refiner<B, M>(
     refiner: M,
     data: RefinerData<'_, B>,
@@ -146,6 +162,7 @@ where
         grid,
         train,
         val,
+        devices,
     } = data;
     cfg.schedule.validate()?;
     if train.is_empty() || train.tokens() != grid.len() {
@@ -161,42 +178,263 @@ where
             "batch_size, checkpoint_every and validate_every must be >= 1".into(),
         ));
     }
-    let device = codebook.device();
-    let inner_book = Codebook::<B::InnerBackend>::new(codebook.codes().clone().inner(), codebook.metric())?;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay)
-        .init::<B, M>();
-    let identity = serde_json::json!({ "train": cfg, "params": refiner.num_params(), "grid": grid });
-    let mut model = refiner;
-    let mut state = TrainState::start(identity, cfg.seed);
-    state.extra = serde_json::json!({ "val": [] });
-    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
-    let mut rng = SplitMix64::new(state.rng);
-    let start = Instant::now();
-    let first = state.step;
-    while state.step < cfg.steps {
-        let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(train.len())).collect();
-        let (g, t) = train.batch::<B>(&idx, &device)?;
-        let pred = model.refine(codebook.embed(g)?, grid)?;
-        let loss = cfg.loss.forward(pred, codebook.embed(t)?, None)?;
-        let value = read_f32(loss.clone())?[0];
-        if !value.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("refiner training loss at step {}", state.step + 1),
-            });
+    let devices = if devices.is_empty() {
+        vec![codebook.device()]
+    } else {
+        devices.to_vec()
+    };
+    if devices.len() > cfg.batch_size {
+        return Err(Error::Config(format!(
+            "data-parallel training splits each batch between the devices: batch_size {} < {} devices",
+            cfg.batch_size,
+            devices.len()
+        )));
+    }
+    if devices.len() > 1 && !cfg!(feature = "multi-device") {
+        return Err(Error::Config(format!(
+            "training on {} devices needs ar-refine's `multi-device` feature",
+            devices.len()
+        )));
+    }
+    let job = Job {
+        codes: read_data(codebook.codes().clone().inner())?,
+        metric: codebook.metric(),
+        grid,
+        train,
+        val,
+        cfg,
+        checkpoints,
+        identity: serde_json::json!({ "train": cfg, "params": refiner.num_params(), "grid": grid }),
+    };
+    if devices.len() == 1 {
+        return job.train::<B, M>(0, None, refiner, &devices[0], on_step);
+    }
+    let _one_run = exclusive_run();
+    let n = devices.len();
+    // Materialise lazily initialised parameters once: clones of an uninitialised `Param` each
+    // run their own initialiser, and the replicas must start from the same weights.
+    let refiner = refiner.fork(&devices[0]);
+    std::thread::scope(|s| {
+        let job = &job;
+        let workers: Vec<_> = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, device)| {
+                let replica = refiner.clone();
+                s.spawn(move || {
+                    job.train::<B, M>(i + 1, Some(n), replica, device, &mut |_| {})
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        let first = job.train::<B, M>(0, Some(n), refiner, &devices[0], on_step);
+        let mut errors = Vec::new();
+        for (i, w) in workers.into_iter().enumerate() {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(Error::Parallel {
+                    rank: i + 1,
+                    reason: "the worker thread panicked".into(),
+                }),
+            }
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(c) = cfg.grad_clip {
-            clip_grad_norm(&model, &mut grads, c)?;
+        match first {
+            Ok(r) if errors.is_empty() => Ok(r),
+            Ok(_) => Err(cause(errors)),
+            Err(e) => {
+                errors.insert(0, e);
+                Err(cause(errors))
+            }
         }
-        let lr = cfg.schedule.lr(state.step);
-        model = optim.step(lr, model, grads);
-        state.step += 1;
-        state.losses.push(value);
-        state.rng = rng.state();
-        let val_loss = match val {
+    })
+}
+
+/// The error to report from a failed data-parallel run: the first that is not a replica's
+/// report that another one failed.
+fn cause(mut errors: Vec<Error>) -> Error {
+    let pos = errors
+        .iter()
+        .position(|e| !matches!(e, Error::Parallel { .. }))
+        .unwrap_or(0);
+    errors.swap_remove(pos)
+}
+
+/// Everything a replica needs, shared (read-only) between the device threads.
+struct Job<'a> {
+    codes: TensorData,
+    metric: Metric,
+    grid: TokenGrid,
+    train: &'a Pairs,
+    val: Option<&'a Pairs>,
+    cfg: &'a RefinerTrainConfig,
+    checkpoints: Option<&'a Path>,
+    identity: serde_json::Value,
+}
+
+/// `[lo, hi)`: replica `rank`'s contiguous share of a batch of `batch` split `n` ways.
+fn shard(batch: usize, rank: usize, n: usize) -> (usize, usize) {
+    (rank * batch / n, (rank + 1) * batch / n)
+}
+
+impl Job<'_> {
+    /// The training loop of replica `rank` (`peers: None`: a one-device run, no collective).
+    /// Only rank 0 validates, reports and writes checkpoints.
+    fn train<B, M>(
+        &self,
+        rank: usize,
+        peers: Option<usize>,
+        refiner: M,
+        device: &B::Device,
+        on_step: &mut dyn FnMut(&RefinerStepReport),
+    ) -> Result<(M, TrainState)>
+    where
+        B: AutodiffBackend,
+        M: Refiner<B> + AutodiffModule<B>,
+        M::InnerModule: Refiner<B::InnerBackend>,
+    {
+        let cfg = self.cfg;
+        let (grid, train) = (self.grid, self.train);
+        let peer = peers
+            .map(|n| Peer::join::<B::InnerBackend>(rank, n, device))
+            .transpose()?;
+        let peer = peer.as_ref();
+        let n = peer.map_or(1, Peer::peers);
+        let setup = || -> Result<_> {
+            let book = Codebook::<B>::new(Tensor::from_data(self.codes.clone(), device), self.metric)?;
+            let inner_book =
+                Codebook::<B::InnerBackend>::new(Tensor::from_data(self.codes.clone(), device), self.metric)?;
+            let optim = AdamWConfig::new()
+                .with_weight_decay(cfg.weight_decay)
+                .init::<B, M>();
+            let mut state = TrainState::start(self.identity.clone(), cfg.seed);
+            state.extra = serde_json::json!({ "val": [] });
+            let (model, optim, state) = resume(self.checkpoints, refiner.fork(device), optim, state, device)?;
+            Ok((book, inner_book, model, optim, state))
+        };
+        let set = setup();
+        if let Some(p) = peer {
+            // every replica must start, or none: a replica that stops alone would leave the
+            // others waiting in the all-reduce
+            let failed = Tensor::<B::InnerBackend, 1>::from_data([set.is_err() as u8 as f32], device);
+            if set.is_ok() && p.sum_values(failed)?[0] > 0.0 {
+                return Err(Error::Parallel {
+                    rank,
+                    reason: "another device failed to start".into(),
+                });
+            }
+        }
+        let (book, inner_book, mut model, mut optim, mut state) = set?;
+        let mut rng = SplitMix64::new(state.rng);
+        let start = Instant::now();
+        let first = state.step;
+        let mut pending: Option<Error> = None;
+        while state.step < cfg.steps {
+            let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(train.len())).collect();
+            let (lo, hi) = shard(cfg.batch_size, rank, n);
+            let local = (|| -> Result<_> {
+                let (g, t) = train.batch::<B>(&idx[lo..hi], device)?;
+                let pred = model.refine(book.embed(g)?, grid)?;
+                let loss = cfg.loss.forward(pred, book.embed(t)?, None)?;
+                Ok(if n > 1 {
+                    loss.mul_scalar((hi - lo) as f64 / cfg.batch_size as f64)
+                } else {
+                    loss
+                })
+            })();
+            let (value, mut grads) = match peer {
+                None => {
+                    let loss = local?;
+                    let value = read_f32(loss.clone())?[0];
+                    (value, GradientsParams::from_grads(loss.backward(), &model))
+                }
+                Some(p) => {
+                    let failed = pending.is_some() || local.is_err();
+                    let (grads, loss) = match local {
+                        Ok(loss) => {
+                            let inner = loss.clone().inner().reshape([1]);
+                            (GradientsParams::from_grads(loss.backward(), &model), inner)
+                        }
+                        Err(e) => {
+                            pending.get_or_insert(e);
+                            (GradientsParams::new(), Tensor::zeros([1], device))
+                        }
+                    };
+                    let flag = Tensor::from_data([failed as u8 as f32], device);
+                    let (grads, sums) =
+                        p.sum_gradients::<B, M>(&model, grads, Tensor::cat(vec![loss, flag], 0))?;
+                    if sums[1] > 0.0 {
+                        return Err(pending.take().unwrap_or_else(|| Error::Parallel {
+                            rank,
+                            reason: "another device failed".into(),
+                        }));
+                    }
+                    (sums[0], grads)
+                }
+            };
+            if !value.is_finite() {
+                return Err(Error::NonFinite {
+                    what: format!("refiner training loss at step {}", state.step + 1),
+                });
+            }
+            if let Some(c) = cfg.grad_clip {
+                clip_grad_norm(&model, &mut grads, c)?;
+            }
+            let lr = cfg.schedule.lr(state.step);
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            state.losses.push(value);
+            state.rng = rng.state();
+            if rank == 0 {
+                let after = self.after_step(
+                    &model,
+                    &optim,
+                    &mut state,
+                    &inner_book,
+                    lr,
+                    value,
+                    (start, first),
+                    on_step,
+                );
+                match (after, peer) {
+                    (Err(e), Some(_)) if state.step < cfg.steps => pending = Some(e),
+                    (r, _) => r?,
+                }
+            }
+        }
+        Ok((model, state))
+    }
+
+    /// Rank 0 after a step: validation, the report, the checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn after_step<B, M, O>(
+        &self,
+        model: &M,
+        optim: &O,
+        state: &mut TrainState,
+        inner_book: &Codebook<B::InnerBackend>,
+        lr: f64,
+        value: f32,
+        (start, first): (Instant, usize),
+        on_step: &mut dyn FnMut(&RefinerStepReport),
+    ) -> Result<()>
+    where
+        B: AutodiffBackend,
+        M: Refiner<B> + AutodiffModule<B>,
+        M::InnerModule: Refiner<B::InnerBackend>,
+        O: Optimizer<M, B>,
+    {
+        let cfg = self.cfg;
+        let val_loss = match self.val {
             Some(v) if state.step.is_multiple_of(cfg.validate_every) || state.step == cfg.steps => {
-                let l = refiner_loss(&model.valid(), &inner_book, grid, v, &cfg.loss, cfg.batch_size)?;
+                let l = refiner_loss(
+                    &model.valid(),
+                    inner_book,
+                    self.grid,
+                    v,
+                    &cfg.loss,
+                    cfg.batch_size,
+                )?;
                 if let Some(a) = state.extra.get_mut("val").and_then(|a| a.as_array_mut()) {
                     a.push(serde_json::json!([state.step, l]));
                 }
@@ -212,14 +450,14 @@ where
             loss: value,
             val_loss,
             lr,
-            tokens_per_sec: done * (cfg.batch_size * grid.len()) as f64 / elapsed,
+            tokens_per_sec: done * (cfg.batch_size * self.grid.len()) as f64 / elapsed,
             eta: Duration::from_secs_f64(elapsed / done * (cfg.steps - state.step) as f64),
         });
-        if let Some(dir) = checkpoints {
+        if let Some(dir) = self.checkpoints {
             if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
-                save_checkpoint(dir, &model, &optim, &state)?;
+                save_checkpoint(dir, model, optim, state)?;
             }
         }
+        Ok(())
     }
-    Ok((model, state))
 }

@@ -5,6 +5,17 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 pub use ar_refine::rng::SplitMix64;
 
+/// `tests/fixtures` of this crate.
+pub fn fixtures() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The fixture VQGAN (open-MUSE layout, 64 codes, 4×4 tokens per 64×64 image) on `device`.
+pub fn fixture_vqgan<B: Backend>(device: &B::Device) -> ar_refine::tokenizer::Vqgan<B> {
+    ar_refine::tokenizer::Vqgan::load(fixtures().join("vqgan/open_muse/pytorch_model.bin"), None, device)
+        .unwrap()
+}
+
 /// `n` values uniform in [-1, 1).
 pub fn uniform_vec(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
