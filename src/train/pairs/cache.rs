@@ -55,9 +55,10 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     Ok(Some(old))
 }
 
-/// Loads a complete pair cache that [`generate_pairs`] wrote with the same `mode` and `config`
-/// (the `PairOptions` fields), without the backbone, the tokenizer or the sentences: e.g. pairs
-/// generated on a GPU machine, used for refiner training elsewhere. `Ok(None)` when `dir` has
+/// Loads a complete pair cache that [`generate_pairs`](super::generate_pairs) (or
+/// [`generate_pairs_sharded`](super::generate_pairs_sharded)) wrote with the same `mode` and
+/// `config` (the `PairOptions` fields), without the backbone, the tokenizer or the sentences:
+/// e.g. pairs generated on a GPU machine, used for refiner training elsewhere. `Ok(None)` when `dir` has
 /// no cache or an unfinished one; a cache made with another configuration, or a corrupt chunk,
 /// is an error.
 pub fn load_pairs(dir: &Path, mode: &PairMode, config: &serde_json::Value) -> Result<Option<Pairs>> {
