@@ -1,6 +1,7 @@
 //! Nearest-code decoding throughput (queries/s): the tensor-op reference vs the fused CubeCL
-//! kernel, on the CPU backend (ndarray: reference only) and, when built with the features, on
-//! wgpu and CUDA.
+//! kernels (exact f32, and the TF32 matrix-unit kernel where the device has matrix units), on
+//! the CPU backend (ndarray: reference only) and, when built with the features, on wgpu and
+//! CUDA.
 //!
 //! ```text
 //! cargo bench --bench nn_decode --features wgpu            # small shape
@@ -80,6 +81,23 @@ fn kernel<B: ar_refine::decode::cube::NearestCodeBackend>(
     });
 }
 
+/// The matrix-unit kernel, where the device has TF32 matrix units (CUDA sm_80+; skipped with a
+/// message elsewhere).
+#[cfg(feature = "cubecl")]
+fn matrix_units<B: ar_refine::decode::cube::NearestCodeBackend>(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    device: &B::Device,
+) {
+    if !B::supports_matrix_units(device) {
+        println!("{label}: no TF32 matrix units, matrix-unit kernel skipped");
+        return;
+    }
+    shapes_with::<B>(g, label, "matrix_units", device, |book, q| {
+        book.nearest_matrix_units(q, None).unwrap().into_data()
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("nn_decode");
     g.sample_size(10);
@@ -89,11 +107,13 @@ fn bench(c: &mut Criterion) {
     {
         reference::<burn::backend::Wgpu>(&mut g, "wgpu", &Default::default());
         kernel::<burn::backend::Wgpu>(&mut g, "wgpu", &Default::default());
+        matrix_units::<burn::backend::Wgpu>(&mut g, "wgpu", &Default::default());
     }
     #[cfg(feature = "cuda")]
     if std::path::Path::new("/dev/nvidiactl").exists() {
         reference::<burn::backend::Cuda>(&mut g, "cuda", &Default::default());
         kernel::<burn::backend::Cuda>(&mut g, "cuda", &Default::default());
+        matrix_units::<burn::backend::Cuda>(&mut g, "cuda", &Default::default());
     }
     g.finish();
 }

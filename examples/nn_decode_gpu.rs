@@ -8,7 +8,8 @@
 //! For each shape (N queries × K codes × D) it generates queries and codes (uniform in [-1, 1),
 //! seeded), writes them to `DIR/<shape>.{q,c}.f32`, times on the CUDA device (synchronising
 //! before and after every repetition, median of `REPS`):
-//! - the fused kernel at several tilings,
+//! - the exact fused kernel at several tilings,
+//! - the matrix-unit kernel (TF32 `mma`, exact f32 decision) at several tilings,
 //! - Burn's unfused `‖c‖² − 2·q·cᵀ` matmul + argmin (this crate's tensor-op reference, one block),
 //!
 //! writes each method's ids to `DIR/<shape>.<method>.i32`, and prints one JSON object per
@@ -18,7 +19,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use ar_refine::decode::cube::{default_tiling, Tiling};
+use ar_refine::decode::cube::{default_tiling, MmaTiling, Tiling};
 use ar_refine::rng::SplitMix64;
 use ar_refine::{Codebook, Metric};
 use burn::backend::Cuda;
@@ -123,6 +124,33 @@ fn main() {
         write_ids(
             &dir.join(format!("{name}.kernel.i32")),
             book.nearest_kernel(qt.clone(), None).unwrap(),
+        );
+        let mut mma: Vec<(String, MmaTiling)> = vec![("mma_default".into(), MmaTiling::default_for(d))];
+        for (wq, wk, mq, nk, h) in [
+            (4, 2, 2, 8, 1),
+            (4, 2, 2, 8, 2),
+            (4, 2, 1, 8, 2),
+            (8, 1, 1, 8, 2),
+            (4, 2, 2, 4, 2),
+            (4, 1, 2, 8, 2),
+            (8, 1, 2, 4, 2),
+        ] {
+            let t = MmaTiling { wq, wk, mq, nk, h };
+            if t != MmaTiling::default_for(d) && (h == 1 || d > 16) {
+                mma.push((format!("mma_w{wq}x{wk}_m{mq}_n{nk}_h{h}"), t));
+            }
+        }
+        for (label, t) in &mma {
+            let ms = median_ms(
+                || drop(book.nearest_matrix_units(qt.clone(), Some(*t)).unwrap()),
+                reps,
+                &device,
+            );
+            report(label, ms);
+        }
+        write_ids(
+            &dir.join(format!("{name}.mma.i32")),
+            book.nearest_matrix_units(qt.clone(), None).unwrap(),
         );
         // Burn, unfused: ‖c‖² − 2·q·cᵀ materialised, then argmin.
         let q2 = qt.clone().reshape([n, d]);

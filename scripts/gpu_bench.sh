@@ -5,6 +5,12 @@
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 data=/tmp/nn_decode; mkdir -p "$data"
+# Binaries may travel xz-compressed (the device copy is limited to 64 MiB).
+for f in .bin/*.xz; do
+  [ -e "$f" ] || continue
+  python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$f" "${f%.xz}"
+  chmod +x "${f%.xz}"
+done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.txt"
 echo "== kernel tests (CUDA)"
 ./.bin/kernel-tests --test-threads=1 2>&1 | tee "$out/kernel_tests.log" | tail -15

@@ -95,7 +95,7 @@ def main():
             print(json.dumps({"shape": name, "n": n, "k": k, "d": d, "method": label, "median_ms": round(ms[0], 4),
                               "min_ms": round(ms[1], 4), "tflops": round(flop / ms[0] / 1e9, 2),
                               "near_ties": near, "errors": err}), flush=True)
-        for method in ("kernel", "burn"):
+        for method in ("kernel", "mma", "burn"):
             f = root / f"{name}.{method}.i32"
             if f.exists():
                 ids = torch.from_numpy(np.fromfile(f, dtype="<i4").astype(np.int64)).to(dev)

@@ -39,7 +39,7 @@ pub mod train;
 pub mod traits;
 
 pub use backbone::{generate_by_forward, Sampling};
-pub use decode::{nearest_codes, Codebook, Metric, DEFAULT_MEMORY_BUDGET};
+pub use decode::{nearest_codes, Codebook, KernelPrecision, Metric, DEFAULT_MEMORY_BUDGET};
 pub use error::{Error, Result};
 pub use pipeline::{RefinementOutput, SelfRefinement};
 pub use refiner::{PositionEncoding, TransformerRefiner, TransformerRefinerConfig};

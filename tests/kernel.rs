@@ -1,15 +1,89 @@
-//! The fused CubeCL nearest-code kernel against a brute-force f64 search (tie-aware), on wgpu
-//! (lavapipe in CI) and on CUDA when a GPU is present.
+//! The fused CubeCL nearest-code kernels (exact f32 and matrix-unit) against a brute-force f64
+//! search (tie-aware), on wgpu (lavapipe in CI) and on CUDA when a GPU is present.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
-use ar_refine::decode::cube::{NearestCodeBackend, Tiling};
+use ar_refine::decode::cube::{MmaTiling, NearestCodeBackend, Tiling};
 use ar_refine::{Codebook, Metric};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use common::{uniform_vec, SplitMix64};
 
+/// Which kernel a check runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    Exact,
+    MatrixUnits,
+    /// `Codebook::nearest`: the kernel `KernelPrecision::Auto` picks.
+    Default,
+}
+
+impl Kernel {
+    /// Runs the kernel at its default tiling and a small one (partial tiles everywhere).
+    fn search<B: NearestCodeBackend>(self, book: &Codebook<B>, q: Tensor<B, 3>) -> Vec<Tensor<B, 2, Int>> {
+        match self {
+            Kernel::Exact => [
+                None,
+                Some(Tiling {
+                    tq: 4,
+                    tk: 8,
+                    rq: 4,
+                    rk: 4,
+                    dt: 4,
+                }),
+            ]
+            .into_iter()
+            .map(|t| book.nearest_kernel(q.clone(), t).unwrap())
+            .collect(),
+            Kernel::MatrixUnits => [
+                None,
+                Some(MmaTiling {
+                    wq: 1,
+                    wk: 1,
+                    mq: 1,
+                    nk: 1,
+                    h: 1,
+                }),
+                Some(MmaTiling {
+                    wq: 2,
+                    wk: 2,
+                    mq: 1,
+                    nk: 3,
+                    h: 2,
+                }),
+            ]
+            .into_iter()
+            .map(|t| book.nearest_matrix_units(q.clone(), t).unwrap())
+            .collect(),
+            Kernel::Default => vec![book.nearest(q).unwrap()],
+        }
+    }
+
+    /// Whether the kernel runs on `device`; says so when it does not.
+    fn available<B: NearestCodeBackend>(self, device: &B::Device) -> bool {
+        let ok = self != Kernel::MatrixUnits || B::supports_matrix_units(device);
+        if !ok {
+            println!(
+                "skipped: this device has no TF32 matrix units (mma m16n8k8), the matrix-unit \
+                 kernel cannot run here"
+            );
+        }
+        ok
+    }
+}
+
 fn run_shapes<B: NearestCodeBackend>(device: &B::Device, shapes: &[(usize, usize, usize)]) {
+    run_shapes_with::<B>(Kernel::Exact, device, shapes);
+}
+
+fn run_shapes_with<B: NearestCodeBackend>(
+    kernel: Kernel,
+    device: &B::Device,
+    shapes: &[(usize, usize, usize)],
+) {
+    if !kernel.available::<B>(device) {
+        return;
+    }
     let mut rng = SplitMix64::new(12);
     let mut flips = 0;
     for &(n, k, d) in shapes {
@@ -22,23 +96,13 @@ fn run_shapes<B: NearestCodeBackend>(device: &B::Device, shapes: &[(usize, usize
             let q64: Vec<f64> = qt.to_data().iter::<f32>().map(f64::from).collect();
             let c64: Vec<f64> = ct.to_data().iter::<f32>().map(f64::from).collect();
             let book = Codebook::new(ct, metric).unwrap();
-            // The default tiling and a small one (one warp, partial tiles everywhere).
-            let tilings = [
-                None,
-                Some(Tiling {
-                    tq: 4,
-                    tk: 8,
-                    rq: 4,
-                    rk: 4,
-                    dt: 4,
-                }),
-            ];
-            for tiling in tilings {
-                let ids = book
-                    .nearest_kernel(qt.clone().reshape([1, n, d]), tiling)
-                    .unwrap();
+            for (x, ids) in kernel
+                .search(&book, qt.clone().reshape([1, n, d]))
+                .into_iter()
+                .enumerate()
+            {
                 let got: Vec<i64> = ids.into_data().iter::<i64>().collect();
-                let label = format!("N={n} K={k} D={d} {metric:?} {tiling:?}");
+                let label = format!("{kernel:?} N={n} K={k} D={d} {metric:?} tiling #{x}");
                 // Brute force on about 256 evenly spaced queries.
                 flips += common::check_ids(&q64, &c64, d, metric, &got, n.div_ceil(256), &label);
             }
@@ -61,7 +125,46 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (33, 97, 256),
 ];
 
+/// Clustered codes: 16 centres, each with 32 codes within 1e-3 of it, and queries near the
+/// centres, so most queries have many near-equal candidates (the matrix-unit kernel must fall
+/// back to its exact scan for them).
+fn clustered<B: NearestCodeBackend>(kernel: Kernel, device: &B::Device) {
+    if !kernel.available::<B>(device) {
+        return;
+    }
+    let mut rng = SplitMix64::new(14);
+    let (n, k, d) = (1000, 512, 64);
+    let centres = uniform_vec(&mut rng, 16 * d);
+    let near = |rng: &mut SplitMix64, j: usize, eps: f32| -> Vec<f32> {
+        (0..d)
+            .map(|x| centres[j * d + x] + eps * rng.uniform(-1.0, 1.0))
+            .collect()
+    };
+    let c: Vec<f32> = (0..k).flat_map(|i| near(&mut rng, i % 16, 1e-3)).collect();
+    let q: Vec<f32> = (0..n).flat_map(|i| near(&mut rng, i % 16, 1e-2)).collect();
+    let mut flips = 0;
+    for metric in [Metric::SquaredL2, Metric::Cosine] {
+        let ct = Tensor::<B, 2>::from_data(TensorData::new(c.clone(), [k, d]), device);
+        let qt = Tensor::<B, 3>::from_data(TensorData::new(q.clone(), [1, n, d]), device);
+        let (q64, c64) = (common::widen(&q), common::widen(&c));
+        let book = Codebook::new(ct, metric).unwrap();
+        for (x, ids) in kernel.search(&book, qt).into_iter().enumerate() {
+            let got: Vec<i64> = ids.into_data().iter::<i64>().collect();
+            let label = format!("clustered {kernel:?} {metric:?} tiling #{x}");
+            flips += common::check_ids(&q64, &c64, d, metric, &got, 1, &label);
+        }
+    }
+    println!("clustered: near-tie flips accepted: {flips}");
+}
+
 fn planted_ties<B: NearestCodeBackend>(device: &B::Device) {
+    planted_ties_with::<B>(Kernel::Exact, device);
+}
+
+fn planted_ties_with<B: NearestCodeBackend>(kernel: Kernel, device: &B::Device) {
+    if !kernel.available::<B>(device) {
+        return;
+    }
     // Every row duplicated: rows 2j and 2j+1 are equal; queries sit on the odd copies.
     let mut rng = SplitMix64::new(13);
     let (k, d) = (64, 64);
@@ -80,14 +183,11 @@ fn planted_ties<B: NearestCodeBackend>(device: &B::Device) {
         )
         .unwrap();
         let qt = Tensor::<B, 3>::from_data(TensorData::new(q.clone(), [1, k / 2, d]), device);
-        let got: Vec<i64> = book
-            .nearest_kernel(qt, None)
-            .unwrap()
-            .into_data()
-            .iter::<i64>()
-            .collect();
         let want: Vec<i64> = (0..k as i64 / 2).map(|j| 2 * j).collect();
-        assert_eq!(got, want, "{metric:?}");
+        for ids in kernel.search(&book, qt) {
+            let got: Vec<i64> = ids.into_data().iter::<i64>().collect();
+            assert_eq!(got, want, "{kernel:?} {metric:?}");
+        }
     }
 }
 
@@ -135,6 +235,31 @@ mod wgpu {
     fn f16_input_accumulates_in_f32() {
         super::run_shapes::<WgpuF16>(&Default::default(), &[(257, 300, 64), (7, 8192, 8)]);
     }
+
+    #[test]
+    fn clustered_codes() {
+        super::clustered::<Wgpu>(super::Kernel::Exact, &Default::default());
+    }
+
+    /// lavapipe has no matrix units: the matrix-unit kernel says so (and is skipped), asking
+    /// for it explicitly is a typed error, and `nearest` (matrix units by default) falls back
+    /// to the exact kernel.
+    #[test]
+    fn matrix_units_where_available() {
+        let device = Default::default();
+        super::run_shapes_with::<Wgpu>(super::Kernel::MatrixUnits, &device, super::SHAPES);
+        super::planted_ties_with::<Wgpu>(super::Kernel::MatrixUnits, &device);
+        super::clustered::<Wgpu>(super::Kernel::MatrixUnits, &device);
+        if !<Wgpu as ar_refine::decode::cube::NearestCodeBackend>::supports_matrix_units(&device) {
+            let codes = burn::tensor::Tensor::<Wgpu, 2>::from_floats([[0.0, 1.0], [1.0, 0.0]], &device);
+            let book = ar_refine::Codebook::new(codes, ar_refine::Metric::SquaredL2).unwrap();
+            let q = burn::tensor::Tensor::<Wgpu, 3>::from_floats([[[0.9, 0.1]]], &device);
+            let err = book.nearest_matrix_units(q.clone(), None).unwrap_err();
+            assert!(matches!(err, ar_refine::Error::Config(_)), "{err}");
+            let ids: Vec<i64> = book.nearest(q).unwrap().into_data().iter::<i64>().collect();
+            assert_eq!(ids, vec![1]);
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -168,6 +293,49 @@ mod cuda {
         if gpu() {
             super::run_shapes::<Cuda<half::f16>>(&Default::default(), &[(257, 300, 64)]);
             super::run_shapes::<Cuda<half::bf16>>(&Default::default(), &[(257, 300, 64)]);
+        }
+    }
+
+    #[test]
+    fn clustered_codes() {
+        if gpu() {
+            super::clustered::<Cuda>(super::Kernel::Exact, &Default::default());
+        }
+    }
+
+    #[test]
+    fn matrix_units_agree_with_brute_force() {
+        if gpu() {
+            let shapes = [super::SHAPES, &[(65536, 8192, 64), (4096, 16384, 8)]].concat();
+            super::run_shapes_with::<Cuda>(super::Kernel::MatrixUnits, &Default::default(), &shapes);
+        }
+    }
+
+    #[test]
+    fn default_precision_agrees_with_brute_force() {
+        if gpu() {
+            super::run_shapes_with::<Cuda>(super::Kernel::Default, &Default::default(), super::SHAPES);
+        }
+    }
+
+    #[test]
+    fn matrix_units_planted_ties_and_clusters() {
+        if gpu() {
+            super::planted_ties_with::<Cuda>(super::Kernel::MatrixUnits, &Default::default());
+            super::clustered::<Cuda>(super::Kernel::MatrixUnits, &Default::default());
+        }
+    }
+
+    #[test]
+    fn matrix_units_bf16_and_f16_input() {
+        if gpu() {
+            let device = Default::default();
+            super::run_shapes_with::<Cuda<half::f16>>(super::Kernel::MatrixUnits, &device, &[(257, 300, 64)]);
+            super::run_shapes_with::<Cuda<half::bf16>>(
+                super::Kernel::MatrixUnits,
+                &device,
+                &[(257, 300, 64)],
+            );
         }
     }
 }

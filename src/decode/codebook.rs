@@ -22,6 +22,53 @@ pub enum Metric {
     Cosine,
 }
 
+/// How the fused GPU kernel computes its dot products (backends without the kernel ignore it).
+///
+/// Every choice gives the same ids: the exact f32 argmin of `‖c‖² − 2e·c` (or of the negated
+/// cosine), lowest index on exact ties. `MatrixUnits` computes approximate scores on the matrix
+/// units (TF32 `mma`, CUDA sm_80+), re-scores each query's close candidates in f32 and falls
+/// back to an exact scan for any query whose winner the approximation cannot certify; on
+/// devices without TF32 matrix units (wgpu, older GPUs) it runs the exact kernel. Which is
+/// faster depends on `D` (H200 numbers in `BENCHMARKS.md`): the matrix units win at `D = 256`,
+/// the f32 kernel at `D ≤ 64`.
+///
+/// ```
+/// use ar_refine::{Codebook, KernelPrecision, Metric};
+/// use burn::backend::NdArray;
+/// use burn::tensor::Tensor;
+/// let codes = Tensor::<NdArray, 2>::from_floats([[0.0, 1.0], [1.0, 0.0]], &Default::default());
+/// let book = Codebook::new(codes, Metric::SquaredL2).unwrap();
+/// assert_eq!(book.kernel_precision(), KernelPrecision::Auto);
+/// let book = book.with_kernel_precision(KernelPrecision::Exact);
+/// assert_eq!(book.kernel_precision(), KernelPrecision::Exact);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum KernelPrecision {
+    /// `MatrixUnits` when `D >= AUTO_MATRIX_UNITS_MIN_DIM` and the device has them,
+    /// otherwise `Exact`.
+    #[default]
+    Auto,
+    /// f32 FMAs for every dot product.
+    Exact,
+    /// TF32 matrix units for every dot product, then an exact f32 decision per query.
+    MatrixUnits,
+}
+
+/// The smallest code dimension at which [`KernelPrecision::Auto`] uses the matrix units
+/// (measured on the H200: slower than the f32 kernel at `D = 64`, faster at `D = 256`).
+pub const AUTO_MATRIX_UNITS_MIN_DIM: usize = 128;
+
+impl KernelPrecision {
+    /// Whether a search over codes of dimension `d` should try the matrix units.
+    pub fn wants_matrix_units(self, d: usize) -> bool {
+        match self {
+            KernelPrecision::Auto => d >= AUTO_MATRIX_UNITS_MIN_DIM,
+            KernelPrecision::Exact => false,
+            KernelPrecision::MatrixUnits => true,
+        }
+    }
+}
+
 /// Norms below this are treated as this when normalising (zero vectors stay finite).
 pub(crate) const NORM_EPS: f64 = 1e-12;
 
@@ -50,6 +97,11 @@ pub struct Codebook<B: Backend> {
     /// `[K]` in f32: the kernel's per-code bias (`‖c‖²` from f32 codes for L2, zeros for cosine).
     #[cfg(feature = "cubecl")]
     kernel_bias: Tensor<B, 1>,
+    /// `[2]` in f32: the largest code norm and the largest `|bias|` (the matrix-unit kernel's
+    /// error bound).
+    #[cfg(feature = "cubecl")]
+    kernel_bounds: Tensor<B, 1>,
+    precision: KernelPrecision,
     metric: Metric,
     memory_budget: usize,
 }
@@ -84,10 +136,24 @@ impl<B: Backend> Codebook<B> {
                 .reshape([dims[0]]),
             Metric::Cosine => Tensor::zeros([dims[0]], (&codes.device(), DType::F32)),
         };
+        #[cfg(feature = "cubecl")]
+        let kernel_bounds = {
+            let search_norms = search.clone().cast(DType::F32).powi_scalar(2).sum_dim(1).sqrt();
+            Tensor::cat(
+                vec![
+                    search_norms.max().reshape([1]),
+                    kernel_bias.clone().abs().max().reshape([1]),
+                ],
+                0,
+            )
+        };
         Ok(Self {
             search,
             #[cfg(feature = "cubecl")]
             kernel_bias,
+            #[cfg(feature = "cubecl")]
+            kernel_bounds,
+            precision: KernelPrecision::default(),
             sq_norms: sq_norms.transpose(),
             codes,
             metric,
@@ -118,7 +184,21 @@ impl<B: Backend> Codebook<B> {
     /// assert_eq!(cos.nearest(q).unwrap().into_data().to_vec::<i64>().unwrap(), vec![0]);
     /// ```
     pub fn with_metric(&self, metric: Metric) -> Result<Self> {
-        Ok(Self::new(self.codes.clone(), metric)?.with_memory_budget(self.memory_budget))
+        Ok(Self::new(self.codes.clone(), metric)?
+            .with_memory_budget(self.memory_budget)
+            .with_kernel_precision(self.precision))
+    }
+
+    /// Sets how the fused GPU kernel computes dot products (default
+    /// [`KernelPrecision::Auto`]); the ids are the same either way.
+    pub fn with_kernel_precision(mut self, precision: KernelPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// How the fused GPU kernel computes dot products.
+    pub fn kernel_precision(&self) -> KernelPrecision {
+        self.precision
     }
 
     /// Number of codes `K`.
@@ -163,7 +243,7 @@ impl<B: Backend> Codebook<B> {
     pub fn nearest(&self, embeddings: Tensor<B, 3>) -> Result<Tensor<B, 2, Int>> {
         let (q, [b, n]) = self.validated_rows(embeddings)?;
         #[cfg(feature = "cubecl")]
-        let q = match super::cube::dispatch(q, &self.search, &self.kernel_bias, self.kernel_alpha()) {
+        let q = match super::cube::dispatch(q, self) {
             Ok(ids) => return Ok(ids.reshape([b, n])),
             Err(q) => q,
         };
@@ -177,8 +257,8 @@ impl<B: Backend> Codebook<B> {
         Ok(super::reference::nearest_rows(self, q).reshape([b, n]))
     }
 
-    /// [`nearest`](Self::nearest) through the fused kernel with an explicit tiling, for
-    /// backends that have it.
+    /// [`nearest`](Self::nearest) through the exact fused kernel (f32 FMAs) with an explicit
+    /// tiling, for backends that have it.
     #[cfg(feature = "cubecl")]
     pub fn nearest_kernel(
         &self,
@@ -188,22 +268,72 @@ impl<B: Backend> Codebook<B> {
     where
         B: super::cube::NearestCodeBackend,
     {
-        if let Some(t) = &tiling {
-            t.validate().map_err(Error::Config)?;
-        }
+        let check = tiling.as_ref().map(|t| t.validate());
+        self.kernel_rows(embeddings, check, |q| {
+            Ok(B::nearest_code_ids(
+                q,
+                self.search.clone(),
+                self.kernel_bias.clone(),
+                self.kernel_alpha(),
+                tiling,
+            ))
+        })
+    }
+
+    /// [`nearest`](Self::nearest) through the matrix-unit kernel with an explicit tiling
+    /// (`None`: [`super::cube::MmaTiling::default_for`]). Fails with [`Error::Config`] on a
+    /// device without TF32 matrix units.
+    #[cfg(feature = "cubecl")]
+    pub fn nearest_matrix_units(
+        &self,
+        embeddings: Tensor<B, 3>,
+        tiling: Option<super::cube::MmaTiling>,
+    ) -> Result<Tensor<B, 2, Int>>
+    where
+        B: super::cube::NearestCodeBackend,
+    {
+        let check = tiling.as_ref().map(|t| t.validate());
+        self.kernel_rows(embeddings, check, |q| {
+            B::nearest_code_ids_mma(
+                q,
+                self.search.clone(),
+                self.kernel_bias.clone(),
+                self.kernel_bounds.clone(),
+                self.kernel_alpha(),
+                tiling,
+            )
+            .ok_or_else(|| {
+                Error::Config("this device has no TF32 matrix units (needs CUDA sm_80 or newer)".into())
+            })
+        })
+    }
+
+    /// Checks the tiling (`check`) and the embeddings `[b, n, D]`, runs `search` on the rows
+    /// `[b·n, D]` and shapes its ids `[b·n]` as `[b, n]`.
+    #[cfg(feature = "cubecl")]
+    fn kernel_rows(
+        &self,
+        embeddings: Tensor<B, 3>,
+        check: Option<std::result::Result<(), String>>,
+        search: impl FnOnce(Tensor<B, 2>) -> Result<Tensor<B, 1, Int>>,
+    ) -> Result<Tensor<B, 2, Int>> {
+        check.transpose().map_err(Error::Config)?;
         let (q, [b, n]) = self.validated_rows(embeddings)?;
-        let ids = B::nearest_code_ids(
-            q,
-            self.search.clone(),
-            self.kernel_bias.clone(),
-            self.kernel_alpha(),
-            tiling,
-        );
-        Ok(ids.reshape([b, n]))
+        Ok(search(q)?.reshape([b, n]))
     }
 
     #[cfg(feature = "cubecl")]
-    fn kernel_alpha(&self) -> f32 {
+    pub(crate) fn kernel_bias(&self) -> &Tensor<B, 1> {
+        &self.kernel_bias
+    }
+
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn kernel_bounds(&self) -> &Tensor<B, 1> {
+        &self.kernel_bounds
+    }
+
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn kernel_alpha(&self) -> f32 {
         match self.metric {
             Metric::SquaredL2 => -2.0,
             Metric::Cosine => -1.0,

@@ -10,7 +10,7 @@ mod codebook;
 pub mod cube;
 mod reference;
 
-pub use codebook::{Codebook, Metric, DEFAULT_MEMORY_BUDGET};
+pub use codebook::{Codebook, KernelPrecision, Metric, AUTO_MATRIX_UNITS_MIN_DIM, DEFAULT_MEMORY_BUDGET};
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 

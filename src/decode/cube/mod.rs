@@ -6,8 +6,10 @@
 //! differently.
 
 mod kernel;
+mod mma;
 
 pub use kernel::Tiling;
+pub use mma::MmaTiling;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
@@ -18,14 +20,29 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
+use super::Codebook;
+
 /// Backends with a fused nearest-code kernel.
 ///
 /// `queries` `[N, D]`, `codes` `[K, D]` (the search codes: raw for squared L2, unit-normalised
 /// for cosine), `bias` `[K]` in f32 (`‖c‖²`, or zeros), `alpha` (`−2` or `−1`) → ids `[N]`: for
 /// each query the lowest `k` minimising `bias[k] + alpha · q·c_k`, accumulated in f32.
+///
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use ar_refine::decode::cube::NearestCodeBackend;
+/// use burn::backend::Wgpu;
+/// use burn::tensor::Tensor;
+/// let device = Default::default();
+/// let codes = Tensor::<Wgpu, 2>::from_floats([[0.0, 0.0], [1.0, 1.0]], &device);
+/// let bias = codes.clone().powi_scalar(2).sum_dim(1).reshape([2]);
+/// let q = Tensor::<Wgpu, 2>::from_floats([[0.9, 0.8]], &device);
+/// let ids = Wgpu::nearest_code_ids(q, codes, bias, -2.0, None); // [1]: code 1
+/// # }
+/// ```
 pub trait NearestCodeBackend: Backend {
-    /// Runs the kernel; shapes are the caller's responsibility (the [`super::Codebook`] checks
-    /// them).
+    /// Runs the exact kernel (f32 FMAs); shapes are the caller's responsibility (the
+    /// [`super::Codebook`] checks them).
     fn nearest_code_ids(
         queries: Tensor<Self, 2>,
         codes: Tensor<Self, 2>,
@@ -33,6 +50,23 @@ pub trait NearestCodeBackend: Backend {
         alpha: f32,
         tiling: Option<Tiling>,
     ) -> Tensor<Self, 1, Int>;
+
+    /// Whether [`nearest_code_ids_mma`](Self::nearest_code_ids_mma) runs on `device` (it needs
+    /// TF32 `m16n8k8` matrix instructions: CUDA on sm_80 and newer).
+    fn supports_matrix_units(device: &Self::Device) -> bool;
+
+    /// The matrix-unit kernel: TF32 dot products, then an exact f32 decision (see
+    /// `decode::cube` module docs of `mma`), so it returns the same ids as
+    /// [`nearest_code_ids`](Self::nearest_code_ids). `bounds` `[2]` in f32: the largest code
+    /// norm and the largest `|bias|`. `None` when the device has no TF32 matrix units.
+    fn nearest_code_ids_mma(
+        queries: Tensor<Self, 2>,
+        codes: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        bounds: Tensor<Self, 1>,
+        alpha: f32,
+        tiling: Option<MmaTiling>,
+    ) -> Option<Tensor<Self, 1, Int>>;
 }
 
 /// The default tiling for code dimension `d`: 256 units as 16 × 16, each holding an 8 × 8
@@ -53,12 +87,28 @@ pub fn default_tiling(d: usize) -> Tiling {
 const TARGET_CUBES: usize = 264;
 
 /// How many code ranges each query block is split into, and the codes per range (a multiple of
-/// the code tile).
-pub(crate) fn splits(n: usize, k: usize, t: &Tiling) -> (usize, usize) {
-    let blocks = n.div_ceil(t.block_q());
-    let wanted = (TARGET_CUBES / blocks.max(1)).clamp(1, k.div_ceil(t.block_k()));
-    let per = k.div_ceil(wanted).next_multiple_of(t.block_k());
+/// the code tile), for cubes of `block_q` queries and code tiles of `block_k`.
+pub(crate) fn splits(n: usize, k: usize, block_q: usize, block_k: usize) -> (usize, usize) {
+    let blocks = n.div_ceil(block_q);
+    let wanted = (TARGET_CUBES / blocks.max(1)).clamp(1, k.div_ceil(block_k));
+    let per = k.div_ceil(wanted).next_multiple_of(block_k);
     (k.div_ceil(per), per)
+}
+
+/// Whether `client`'s device has the TF32 `m16n8k8` matrix instruction the `mma` kernel uses.
+fn has_tf32_mma<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>) -> bool {
+    client
+        .features()
+        .matmul
+        .mma
+        .contains(&cubecl::features::MmaConfig {
+            a_type: tf32::cube_type(),
+            b_type: tf32::cube_type(),
+            cd_type: f32::cube_type(),
+            m: 16,
+            n: 8,
+            k: 8,
+        })
 }
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
@@ -76,6 +126,61 @@ fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, len: usize, dtype: burn::ten
     )
 }
 
+/// What both kernels' launches share: contiguous inputs, sizes, the split of the codes over
+/// cubes and the per-split outputs (`[n_splits · N]` scores and ids).
+struct Launch<R: CubeRuntime> {
+    queries: CubeTensor<R>,
+    codes: CubeTensor<R>,
+    bias: CubeTensor<R>,
+    n: usize,
+    d: usize,
+    n_splits: usize,
+    k_per_split: usize,
+    scores: CubeTensor<R>,
+    ids: CubeTensor<R>,
+    id_dtype: burn::tensor::DType,
+}
+
+impl<R: CubeRuntime> Launch<R> {
+    /// `block_q` queries per cube, `block_k` codes per tile.
+    fn new(
+        queries: CubeTensor<R>,
+        codes: CubeTensor<R>,
+        bias: CubeTensor<R>,
+        id_dtype: burn::tensor::DType,
+        (block_q, block_k): (usize, usize),
+    ) -> Self {
+        let queries = into_contiguous(queries);
+        let codes = into_contiguous(codes);
+        let bias = into_contiguous(bias);
+        let [n, d] = [queries.meta.shape()[0], queries.meta.shape()[1]];
+        let (n_splits, k_per_split) = splits(n, codes.meta.shape()[0], block_q, block_k);
+        let scores = empty_like(&queries, n_splits * n, burn::tensor::DType::F32);
+        let ids = empty_like(&queries, n_splits * n, id_dtype);
+        Launch {
+            queries,
+            codes,
+            bias,
+            n,
+            d,
+            n_splits,
+            k_per_split,
+            scores,
+            ids,
+            id_dtype,
+        }
+    }
+
+    fn cube_count(&self, block_q: usize) -> CubeCount {
+        CubeCount::Static(self.n.div_ceil(block_q) as u32, self.n_splits as u32, 1)
+    }
+
+    /// The per-query winner over the splits.
+    fn finish(self) -> CubeTensor<R> {
+        reduce_splits(self.scores, self.ids, self.n, self.n_splits, self.id_dtype)
+    }
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NearestCodeBackend
     for CubeBackend<R, F, I, BT>
 {
@@ -86,58 +191,123 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NearestCod
         alpha: f32,
         tiling: Option<Tiling>,
     ) -> Tensor<Self, 1, Int> {
-        let queries: CubeTensor<R> = into_contiguous(float(queries));
-        let codes: CubeTensor<R> = into_contiguous(float(codes));
-        let bias: CubeTensor<R> = into_contiguous(float(bias));
-        let [n, d] = [queries.meta.shape()[0], queries.meta.shape()[1]];
-        let k = codes.meta.shape()[0];
+        let d = queries.dims()[1];
         let t = tiling.unwrap_or_else(|| default_tiling(d));
-        let (n_splits, k_per_split) = splits(n, k, &t);
-        let id_dtype = I::dtype();
-        let scores = empty_like(&queries, n_splits * n, burn::tensor::DType::F32);
-        let ids = empty_like(&queries, n_splits * n, id_dtype);
-        let client = queries.client.clone();
-        let float_dtype = queries.dtype;
+        let l = Launch::<R>::new(
+            float(queries),
+            float(codes),
+            float(bias),
+            I::dtype(),
+            (t.block_q(), t.block_k()),
+        );
+        let client = l.queries.client.clone();
+        let dtypes = [l.queries.dtype.into(), l.id_dtype.into()];
         // SAFETY: the kernel guards every global read and write with explicit bounds tests
         // against the tensors' shapes; shared and local arrays are indexed below their comptime
         // sizes (see the kernel's documentation).
         unsafe {
             kernel::nearest_partial_kernel::launch_unchecked::<R>(
                 &client,
-                CubeCount::Static(n.div_ceil(t.block_q()) as u32, n_splits as u32, 1),
+                l.cube_count(t.block_q()),
                 CubeDim::new_1d(t.units() as u32),
-                queries.into_tensor_arg(),
-                codes.into_tensor_arg(),
-                bias.into_tensor_arg(),
-                scores.clone().into_tensor_arg(),
-                ids.clone().into_tensor_arg(),
+                l.queries.clone().into_tensor_arg(),
+                l.codes.clone().into_tensor_arg(),
+                l.bias.clone().into_tensor_arg(),
+                l.scores.clone().into_tensor_arg(),
+                l.ids.clone().into_tensor_arg(),
                 alpha,
-                k_per_split,
+                l.k_per_split,
                 t.tq,
                 t.tk,
                 t.rq,
                 t.rk,
                 t.dt,
-                [float_dtype.into(), id_dtype.into()],
+                dtypes,
             );
         }
-        if n_splits == 1 {
-            return Tensor::from_primitive(ids);
-        }
-        let out = empty_like(&ids, n, id_dtype);
-        let units = 256;
-        kernel::nearest_reduce_kernel::launch::<R>(
-            &client,
-            CubeCount::Static(n.div_ceil(units) as u32, 1, 1),
-            CubeDim::new_1d(units as u32),
-            scores.into_tensor_arg(),
-            ids.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            n_splits,
-            id_dtype.into(),
-        );
-        Tensor::from_primitive(out)
+        Tensor::from_primitive(l.finish())
     }
+
+    fn supports_matrix_units(device: &Self::Device) -> bool {
+        has_tf32_mma(&R::client(device))
+    }
+
+    fn nearest_code_ids_mma(
+        queries: Tensor<Self, 2>,
+        codes: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        bounds: Tensor<Self, 1>,
+        alpha: f32,
+        tiling: Option<MmaTiling>,
+    ) -> Option<Tensor<Self, 1, Int>> {
+        if !Self::supports_matrix_units(&queries.device()) {
+            return None;
+        }
+        let d = queries.dims()[1];
+        let t = tiling.unwrap_or_else(|| MmaTiling::default_for(d));
+        let l = Launch::<R>::new(
+            float(queries),
+            float(codes),
+            float(bias),
+            I::dtype(),
+            (t.block_q(), t.block_k()),
+        );
+        let bounds: CubeTensor<R> = into_contiguous(float(bounds));
+        let client = l.queries.client.clone();
+        let dtypes = [l.queries.dtype.into(), l.id_dtype.into()];
+        // SAFETY: as for the exact kernel: global accesses are bounds-tested against the
+        // tensors' shapes, shared and local arrays are indexed below their comptime sizes.
+        unsafe {
+            mma::nearest_mma_kernel::launch_unchecked::<R>(
+                &client,
+                l.cube_count(t.block_q()),
+                CubeDim::new_1d(t.units() as u32),
+                l.queries.clone().into_tensor_arg(),
+                l.codes.clone().into_tensor_arg(),
+                l.bias.clone().into_tensor_arg(),
+                bounds.into_tensor_arg(),
+                l.scores.clone().into_tensor_arg(),
+                l.ids.clone().into_tensor_arg(),
+                alpha,
+                l.k_per_split,
+                t.wq,
+                t.wk,
+                t.mq,
+                t.nk,
+                t.h,
+                if l.d <= 8 { 1 } else { 2 },
+                dtypes,
+            );
+        }
+        Some(Tensor::from_primitive(l.finish()))
+    }
+}
+
+/// The per-query winner over `n_splits` partial results (`[n_splits · n]` scores and ids).
+fn reduce_splits<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    ids: CubeTensor<R>,
+    n: usize,
+    n_splits: usize,
+    id_dtype: burn::tensor::DType,
+) -> CubeTensor<R> {
+    if n_splits == 1 {
+        return ids;
+    }
+    let out = empty_like(&ids, n, id_dtype);
+    let units = 256;
+    let client = ids.client.clone();
+    kernel::nearest_reduce_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(n.div_ceil(units) as u32, 1, 1),
+        CubeDim::new_1d(units as u32),
+        scores.into_tensor_arg(),
+        ids.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        n_splits,
+        id_dtype.into(),
+    );
+    out
 }
 
 impl<B: NearestCodeBackend, C: CheckpointStrategy> NearestCodeBackend for Autodiff<B, C> {
@@ -152,20 +322,42 @@ impl<B: NearestCodeBackend, C: CheckpointStrategy> NearestCodeBackend for Autodi
         let ids = B::nearest_code_ids(queries.inner(), codes.inner(), bias.inner(), alpha, tiling);
         Tensor::<Self, 1, Int>::from_inner(ids)
     }
+
+    fn supports_matrix_units(device: &Self::Device) -> bool {
+        B::supports_matrix_units(device)
+    }
+
+    fn nearest_code_ids_mma(
+        queries: Tensor<Self, 2>,
+        codes: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        bounds: Tensor<Self, 1>,
+        alpha: f32,
+        tiling: Option<MmaTiling>,
+    ) -> Option<Tensor<Self, 1, Int>> {
+        let ids = B::nearest_code_ids_mma(
+            queries.inner(),
+            codes.inner(),
+            bias.inner(),
+            bounds.inner(),
+            alpha,
+            tiling,
+        )?;
+        Some(Tensor::<Self, 1, Int>::from_inner(ids))
+    }
 }
 
-/// Calls the kernel when `B` is one of the CubeCL backend types this crate was built with;
-/// otherwise hands the queries back.
+/// Calls the kernel when `B` is one of the CubeCL backend types this crate was built with
+/// (the matrix-unit kernel when `book` asks for it and the device has it); otherwise hands the
+/// queries back.
 pub(crate) fn dispatch<B: Backend>(
     queries: Tensor<B, 2>,
-    codes: &Tensor<B, 2>,
-    bias: &Tensor<B, 1>,
-    alpha: f32,
+    book: &Codebook<B>,
 ) -> Result<Tensor<B, 1, Int>, Tensor<B, 2>> {
     macro_rules! route {
         ($($backend:ty),* $(,)?) => {
             $(
-                if let Some(ids) = run_as::<B, $backend>(&queries, codes, bias, alpha) {
+                if let Some(ids) = run_as::<B, $backend>(&queries, book) {
                     return Ok(ids);
                 }
             )*
@@ -184,22 +376,27 @@ pub(crate) fn dispatch<B: Backend>(
         CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>,
         Autodiff<CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>,
     );
-    let _ = (codes, bias, alpha);
+    let _ = book;
     Err(queries)
 }
 
 /// Runs the kernel if `B` is `C` (checked through `Any`, no unsafe code).
 fn run_as<B: Backend, C: NearestCodeBackend>(
     queries: &Tensor<B, 2>,
-    codes: &Tensor<B, 2>,
-    bias: &Tensor<B, 1>,
-    alpha: f32,
+    book: &Codebook<B>,
 ) -> Option<Tensor<B, 1, Int>> {
     use std::any::Any;
     let q = (queries as &dyn Any).downcast_ref::<Tensor<C, 2>>()?;
-    let c = (codes as &dyn Any).downcast_ref::<Tensor<C, 2>>()?;
-    let b = (bias as &dyn Any).downcast_ref::<Tensor<C, 1>>()?;
-    let ids = C::nearest_code_ids(q.clone(), c.clone(), b.clone(), alpha, None);
+    let c = (book.search() as &dyn Any).downcast_ref::<Tensor<C, 2>>()?;
+    let b = (book.kernel_bias() as &dyn Any).downcast_ref::<Tensor<C, 1>>()?;
+    let bounds = (book.kernel_bounds() as &dyn Any).downcast_ref::<Tensor<C, 1>>()?;
+    let alpha = book.kernel_alpha();
+    let mma = if book.kernel_precision().wants_matrix_units(book.dim()) {
+        C::nearest_code_ids_mma(q.clone(), c.clone(), b.clone(), bounds.clone(), alpha, None)
+    } else {
+        None
+    };
+    let ids = mma.unwrap_or_else(|| C::nearest_code_ids(q.clone(), c.clone(), b.clone(), alpha, None));
     (Box::new(ids) as Box<dyn Any>)
         .downcast::<Tensor<B, 1, Int>>()
         .ok()
