@@ -56,6 +56,21 @@ fn median_ms(mut f: impl FnMut(), reps: usize, device: &burn::tensor::Device<B>)
     (times[reps / 2], times[0])
 }
 
+/// Times `search` at each labelled tiling (median of `reps`), then writes its ids at the
+/// default tiling (`None`) to `ids_path`.
+fn time_tilings<T: Copy>(
+    tilings: &[(String, T)],
+    search: impl Fn(Option<T>) -> Tensor<B, 2, burn::tensor::Int>,
+    ids_path: &std::path::Path,
+    (reps, device): (usize, &burn::tensor::Device<B>),
+    report: &mut impl FnMut(&str, (f64, f64)),
+) {
+    for (label, t) in tilings {
+        report(label, median_ms(|| drop(search(Some(*t))), reps, device));
+    }
+    write_ids(ids_path, search(None));
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("usage: nn_decode_gpu DIR [REPS]"));
@@ -113,17 +128,12 @@ fn main() {
             };
             tilings.push((format!("kernel_t{tq}x{tk}_r{rq}x{rk}_d{}", t.dt), t));
         }
-        for (label, t) in &tilings {
-            let ms = median_ms(
-                || drop(book.nearest_kernel(qt.clone(), Some(*t)).unwrap()),
-                reps,
-                &device,
-            );
-            report(label, ms);
-        }
-        write_ids(
+        time_tilings(
+            &tilings,
+            |t| book.nearest_kernel(qt.clone(), t).unwrap(),
             &dir.join(format!("{name}.kernel.i32")),
-            book.nearest_kernel(qt.clone(), None).unwrap(),
+            (reps, &device),
+            &mut report,
         );
         let mut mma: Vec<(String, MmaTiling)> = vec![("mma_default".into(), MmaTiling::default_for(d))];
         for (wq, wk, mq, nk, h) in [
@@ -140,17 +150,12 @@ fn main() {
                 mma.push((format!("mma_w{wq}x{wk}_m{mq}_n{nk}_h{h}"), t));
             }
         }
-        for (label, t) in &mma {
-            let ms = median_ms(
-                || drop(book.nearest_matrix_units(qt.clone(), Some(*t)).unwrap()),
-                reps,
-                &device,
-            );
-            report(label, ms);
-        }
-        write_ids(
+        time_tilings(
+            &mma,
+            |t| book.nearest_matrix_units(qt.clone(), t).unwrap(),
             &dir.join(format!("{name}.mma.i32")),
-            book.nearest_matrix_units(qt.clone(), None).unwrap(),
+            (reps, &device),
+            &mut report,
         );
         // Burn, unfused: ‖c‖² − 2·q·cᵀ materialised, then argmin.
         let q2 = qt.clone().reshape([n, d]);

@@ -136,16 +136,16 @@ impl<B: Backend> Codebook<B> {
                 .reshape([dims[0]]),
             Metric::Cosine => Tensor::zeros([dims[0]], (&codes.device(), DType::F32)),
         };
+        // The matrix-unit kernel's error bound needs the largest search-code norm and the
+        // largest bias (both biases are >= 0). For L2 the bias is ‖c‖² already.
         #[cfg(feature = "cubecl")]
         let kernel_bounds = {
-            let search_norms = search.clone().cast(DType::F32).powi_scalar(2).sum_dim(1).sqrt();
-            Tensor::cat(
-                vec![
-                    search_norms.max().reshape([1]),
-                    kernel_bias.clone().abs().max().reshape([1]),
-                ],
-                0,
-            )
+            let max_bias = kernel_bias.clone().max();
+            let max_sq_norm = match metric {
+                Metric::SquaredL2 => max_bias.clone(),
+                Metric::Cosine => search.clone().cast(DType::F32).powi_scalar(2).sum_dim(1).max(),
+            };
+            Tensor::cat(vec![max_sq_norm.sqrt().reshape([1]), max_bias.reshape([1])], 0)
         };
         Ok(Self {
             search,

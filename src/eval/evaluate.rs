@@ -140,7 +140,11 @@ pub fn evaluate<B: Backend>(
         // reading the ids back ends the timed section; counting happens on the host from here
         let refined_ids = read_i64(refined.clone())?;
         refine_time += t0.elapsed().as_secs_f64();
-        let rows = |r: &Vec<Vec<i64>>| idx.iter().flat_map(|&i| r[i].clone()).collect::<Vec<i64>>();
+        let rows = |r: &[Vec<i64>]| {
+            idx.iter()
+                .flat_map(|&i| r[i].iter().copied())
+                .collect::<Vec<i64>>()
+        };
         let (gen_ids, truth_ids) = (rows(&pairs.generated), rows(&pairs.truth));
         for ((&g, &r), &t) in gen_ids.iter().zip(&refined_ids).zip(&truth_ids) {
             let counts = [g != r, g != t && r == t, g == t && r != t];
