@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("refiner_forward_1x256x64");
     g.sample_size(20);
     g.bench_function("d256_l4", |b| {
-        b.iter(|| refiner.refine(e.clone(), grid).unwrap().into_data())
+        b.iter(|| refiner.refine_embeddings(e.clone(), grid).unwrap().into_data())
     });
     g.finish();
 }

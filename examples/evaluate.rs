@@ -1,35 +1,109 @@
-//! Evaluates a frozen backbone alone and with a trained refiner, and writes a report.
+//! Evaluates a frozen backbone alone and with refiners, side by side on the same cached backbone
+//! outputs, and writes a report.
 //!
 //! ```text
 //! cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] \
-//!     --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization] [--k 1,2,3] [--count 64] \
-//!     [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] \
-//!     [--devices 0,1] [--out target/eval-run]
+//!     --backbone DIR [--lora DIR] --refiners NAME=DIR[:DIR...][@RULE][,NAME=...] [--data DIR] \
+//!     [--task colorization] [--k 1,2,3] [--count 64] [--mode free|teacher] \
+//!     [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--bootstrap 2000] \
+//!     [--gate-curve NAME,...] [--devices 0,1] [--out target/eval-run]
 //! ```
 //!
-//! For every K in `--k`, `--count` validation prompts (K demonstration pairs + query, from the
-//! validation photos: `val.u8` of the shared data, or 20 % of an image folder) are run through
-//! the frozen backbone (pairs cached in `OUT/pairs-k*`), refined (`--refiner`: a directory
-//! written by `examples/train_refiner.rs`), and measured against the task's true outputs: token
-//! accuracy, PSNR, SSIM, and the per-position cosine-distance curve with its area over all
-//! positions and the last third. Writes `OUT/report.json`, `OUT/report.md`,
-//! `OUT/comparison.png` (query | backbone | refined | truth, first K) and
-//! `OUT/position_error.png`, and prints the Markdown table. `--pairs-only` stops after the
-//! backbone's outputs (cached in `OUT/pairs-k*`; no `--refiner` needed), e.g. to generate them
-//! on a GPU machine and evaluate elsewhere with the same flags and `--out`. `--devices 0,1`
-//! shards the backbone's generation over several GPUs (one replica each).
+//! For every K in `--k`, `--count` prompts (K demonstration pairs + query) whose images are all
+//! evaluation photos (`val.u8` of the shared data, or 20 % of an image folder; never used for
+//! training or for choosing settings) are run through the frozen backbone (pairs cached in
+//! `OUT/pairs-k*`), and every method of `--refiners` refines the same outputs. A method is a
+//! name, one refiner directory per seed (written by `examples/train_refiner.rs`, separated by
+//! `:`; `init(PRESET)` is that preset's refiner at its initialisation, the identity control) and
+//! optionally a decision rule (`@snap`, `@argmax`, `@expected_snap`; default: the rule saved with
+//! each refiner, e.g. its calibrated gate). Measured against the task's true outputs:
+//! token accuracy, top-5 accuracy, PSNR and SSIM against the true photo and against the decoded
+//! true codes, the per-position cosine-distance curve, and the codes each method changed /
+//! fixed / broke; per-image deltas against the backbone (mean over seeds) with 95 % bootstrap
+//! intervals. `--gate-curve` lists methods whose accuracy-vs-edit-rate curve to record.
+//! Writes `OUT/report.json`, `OUT/report.md`, `OUT/comparison.png` (query | backbone |
+//! methods | truth, first K), `OUT/position_error.svg` and `OUT/gate.svg`, and prints the
+//! Markdown tables. `--pairs-only` stops after the backbone's outputs (no `--refiners` needed),
+//! e.g. to generate them on a GPU machine and evaluate elsewhere with the same flags and `--out`.
+//! `--devices 0,1` shards the backbone's generation over several GPUs (one replica each).
 
 #[path = "common/args.rs"]
 mod args;
 #[path = "common/setup.rs"]
 mod setup;
 
-use ar_refine::eval::{evaluate, markdown, write_report, EvalReport};
-use ar_refine::refiner::load_refiner;
+use ar_refine::eval::{compare, markdown, write_report, CompareOptions, EvalReport, Method};
+use ar_refine::refiner::{load_refiner, Decision, LoadedRefiner, Preset};
+use ar_refine::tokenizer::Vqgan;
+use ar_refine::train::{BackboneHidden, HiddenSource};
+use ar_refine::{Refiner, Tokenizer};
 use args::{AnyResult, Args};
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--lora DIR] --refiner DIR [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--pairs-only] [--devices 0,1] [--out DIR]";
+const USAGE: &str = "cargo run --release --example evaluate -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--lora DIR] --refiners NAME=DIR[:DIR...][@RULE][,...] [--data DIR] [--task colorization|inpainting|edges] [--k 1,2,3] [--count 64] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--grid 6] [--bootstrap 2000] [--gate-curve NAME,...] [--pairs-only] [--devices 0,1] [--out DIR]";
+
+/// A method of `--refiners`: its name, refiners (one per seed) and rule override.
+struct Spec {
+    name: String,
+    runs: Vec<LoadedRefiner<B>>,
+    rule: Option<Decision>,
+}
+
+/// `init(PRESET)`: that preset's refiner at its initialisation (the identity control), else a
+/// directory written by `train_refiner`.
+fn load(dir: &str, vq: &Vqgan<B>, device: &burn::tensor::Device<B>) -> AnyResult<LoadedRefiner<B>> {
+    match dir.strip_prefix("init(").and_then(|r| r.strip_suffix(')')) {
+        Some(name) => {
+            let preset: Preset = name.parse()?;
+            let cfg = preset
+                .config(vq.code_dim())
+                .with_d_model(32)
+                .with_n_heads(4)
+                .with_n_layers(1);
+            Ok(LoadedRefiner {
+                refiner: cfg.init_with_codebook(vq.codebook(), device)?,
+                decision: preset.decision(),
+                training: serde_json::Value::Null,
+            })
+        }
+        None => Ok(load_refiner::<B>(dir, device)?),
+    }
+}
+
+fn parse_specs(text: &str, vq: &Vqgan<B>, device: &burn::tensor::Device<B>) -> AnyResult<Vec<Spec>> {
+    let mut out = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, rest) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--refiners: {part:?} is not NAME=DIR[:DIR...][@RULE]"))?;
+        let (dirs, rule) = match rest.rsplit_once('@') {
+            Some((d, r)) => (d, Some(r)),
+            None => (rest, None),
+        };
+        let rule = match rule {
+            None => None,
+            Some("snap") => Some(Decision::Snap),
+            Some("argmax") => Some(Decision::Argmax),
+            Some("expected_snap") => Some(Decision::ExpectedSnap),
+            Some(r) => {
+                return Err(format!("--refiners: unknown rule {r:?} (snap, argmax, expected_snap)").into())
+            }
+        };
+        let runs = dirs
+            .split(':')
+            .map(|d| load(d, vq, device))
+            .collect::<AnyResult<Vec<_>>>()?;
+        out.push(Spec {
+            name: name.trim().to_string(),
+            runs,
+            rule,
+        });
+    }
+    if out.is_empty() {
+        return Err("--refiners names no method".into());
+    }
+    Ok(out)
+}
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["pairs-only"])?;
@@ -38,9 +112,10 @@ fn main() -> AnyResult<()> {
         "tokenizer-config",
         "backbone",
         "lora",
-        "refiner",
+        "refiners",
         "data",
         "train-images",
+        "select-images",
         "task",
         "k",
         "count",
@@ -50,6 +125,8 @@ fn main() -> AnyResult<()> {
         "top-p",
         "seed",
         "grid",
+        "bootstrap",
+        "gate-curve",
         "out",
         "pairs-only",
         "devices",
@@ -58,7 +135,7 @@ fn main() -> AnyResult<()> {
     let (vq, lm) = setup::models(&args)?;
     let device = setup::device();
     let devices = setup::devices(&args)?;
-    let (_, val_imgs) = setup::images(&args)?;
+    let images = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let ks: Vec<usize> = args.list("k", "1")?;
     let count: usize = args.get("count", 64)?;
@@ -74,17 +151,26 @@ fn main() -> AnyResult<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let pairs_only = args.has("pairs-only");
-    let refiner = match pairs_only {
-        true => None,
-        false => Some(load_refiner::<B>(args.required::<String>("refiner")?, &device)?.0),
+    let specs = match pairs_only {
+        true => Vec::new(),
+        false => parse_specs(&args.required::<String>("refiners")?, &vq, &device)?,
     };
+    let gate_curves: Vec<String> = match args.opt::<String>("gate-curve")? {
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None => Vec::new(),
+    };
+    let hidden = BackboneHidden::new(&lm);
+    let needs_hidden = specs
+        .iter()
+        .flat_map(|s| &s.runs)
+        .any(|r| r.refiner.needs().hidden);
     let mut reports = Vec::new();
     let mut first = None;
     for &k in &ks {
         let (pairs, sentences) = setup::pairs(
             &vq,
             &lm,
-            &val_imgs,
+            &images.val,
             &task,
             k,
             count,
@@ -94,11 +180,29 @@ fn main() -> AnyResult<()> {
             identity.clone(),
             (&args, &devices),
         )?;
-        let Some(refiner) = &refiner else {
+        if pairs_only {
             continue;
-        };
+        }
+        let methods: Vec<Method<'_, B>> = specs
+            .iter()
+            .map(|s| Method {
+                name: s.name.clone(),
+                runs: s
+                    .runs
+                    .iter()
+                    .map(|r| (&r.refiner as &dyn Refiner<B>, Some(s.rule.unwrap_or(r.decision))))
+                    .collect(),
+                gate_curve: gate_curves.contains(&s.name),
+            })
+            .collect();
         let targets: Vec<_> = sentences.iter().map(|s| s.target.clone()).collect();
-        let (evaluation, images) = evaluate(&vq, refiner, &pairs, Some(&targets), 16, keep, &device)?;
+        let opts = CompareOptions {
+            keep,
+            bootstrap: args.get("bootstrap", 2000)?,
+            hidden: needs_hidden.then_some(&hidden as &dyn HiddenSource<B>),
+            ..Default::default()
+        };
+        let (comparison, images) = compare(&vq, &pairs, Some(&targets), &methods, &opts, &device)?;
         if first.is_none() {
             let queries: Vec<_> = sentences
                 .iter()
@@ -111,8 +215,7 @@ fn main() -> AnyResult<()> {
             task: task.clone(),
             k,
             command: command.clone(),
-            refiner_params: refiner.param_count(),
-            evaluation,
+            comparison,
         });
     }
     if pairs_only {

@@ -74,7 +74,11 @@ fn main() -> AnyResult<()> {
     let gpus: usize = args.get("gpus", 2)?;
     let devices: Vec<CudaDevice> = (0..gpus).map(CudaDevice::new).collect();
     let (vq, lm) = setup::models(&args)?;
-    let (train_imgs, val_imgs) = setup::images(&args)?;
+    let setup::Images {
+        train: train_imgs,
+        val: val_imgs,
+        ..
+    } = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let k: usize = args.get("k", 2)?;
     let prompts: usize = args.get("prompts", 1024)?;
@@ -232,6 +236,7 @@ fn time_training(
         train,
         val: Some(val),
         devices,
+        hidden: None,
     };
     let (_, state) = train_refiner(init, data, cfg, None, &mut |r| {
         // the window ends before the last step's validation

@@ -77,7 +77,11 @@ fn main() -> AnyResult<()> {
     let tasks: Vec<String> = args.list("tasks", "colorization,inpainting,edges")?;
     let ks: Vec<usize> = args.list("k", "1,2,3")?;
     let per: usize = args.get("sentences", 2048)?;
-    let (train_imgs, val_imgs) = setup::images(&args)?;
+    let setup::Images {
+        train: train_imgs,
+        val: val_imgs,
+        ..
+    } = setup::images(&args)?;
     let side = vq.image_size().0;
     let train_imgs = train_imgs.resized(side)?;
     let val_imgs = val_imgs.split(args.get("val-images", 256)?).0.resized(side)?;

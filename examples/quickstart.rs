@@ -1,5 +1,5 @@
 //! The README's first command: the shipped small LVM (tokenizer + backbone, trained from
-//! scratch by the recipe in `docs/tiny-lvm/`) and its three refiners, on real photos, CPU only.
+//! scratch by the recipe in `docs/tiny-lvm/`) and its refiners, on real photos, CPU only.
 //!
 //! ```text
 //! cargo run --release --example quickstart -- [--images DIR] [--models models/tiny-lvm] [--k 1] \
@@ -8,9 +8,11 @@
 //!
 //! For colorization, inpainting and edge detection, every photo becomes a query once (its `K`
 //! demonstrations are other photos), the frozen backbone generates the answer token by token,
-//! the task's refiner refines it, and both are scored against the true answer. Prints one table
-//! (token accuracy, PSNR, SSIM, per-position cosine-distance area) and writes
-//! `OUT/TASK/comparison.png` (query | backbone | refined | truth) with the full report beside it.
+//! and two refiners refine it: the task's best built-in refiner (`refiner-TASK`: the
+//! categorical corrector with its calibrated gate) and the paper's (`refiner-TASK-paper`: cosine
+//! loss, nearest-code snap). All are scored against the true answer. Prints one table per task
+//! (token accuracy, PSNR, SSIM, what each refiner changed) and writes `OUT/TASK/comparison.png`
+//! (query | backbone | paper refiner | best refiner | truth) with the full report beside it.
 //! Photos: `--images DIR` (any image files, centre-cropped to 64×64), else the six bundled
 //! CC0/public-domain photos in `assets/photos/` (credits there).
 
@@ -22,12 +24,12 @@ use std::time::Instant;
 
 use ar_refine::backbone::Llama;
 use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet};
-use ar_refine::eval::{evaluate, markdown, write_report, EvalReport};
+use ar_refine::eval::{compare, markdown, write_report, CompareOptions, EvalReport, Method};
 use ar_refine::refiner::load_refiner;
 use ar_refine::tasks::task_by_name;
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::train::{generate_pairs, PairMode, PairOptions};
-use ar_refine::{Sampling, Tokenizer};
+use ar_refine::{Refiner, Sampling, Tokenizer};
 use args::{AnyResult, Args};
 use burn::backend::NdArray;
 
@@ -65,7 +67,8 @@ fn main() -> AnyResult<()> {
 
     let mut reports = Vec::new();
     for task in TASKS {
-        let (refiner, _) = load_refiner::<B>(models.join(format!("refiner-{task}")), &device)?;
+        let best = load_refiner::<B>(models.join(format!("refiner-{task}")), &device)?;
+        let paper = load_refiner::<B>(models.join(format!("refiner-{task}-paper")), &device)?;
         let t = task_by_name(task)?;
         let sentences = build_sentences(&photos, t.as_ref(), k, photos.len(), 11)?;
         let tokens = tokenize_sentences(&vq, &sentences, 16, &device)?;
@@ -79,17 +82,26 @@ fn main() -> AnyResult<()> {
         let pairs = generate_pairs(&lm, &tokens, &opts, &device, &mut |_, _| {})?;
         let gen_ms = t0.elapsed().as_secs_f64() * 1e3 / pairs.len() as f64;
         let targets: Vec<_> = sentences.iter().map(|s| s.target.clone()).collect();
-        let (evaluation, images) = evaluate(&vq, &refiner, &pairs, Some(&targets), 8, 6, &device)?;
+        let methods = [("paper refiner", &paper), ("best refiner", &best)].map(|(name, r)| Method {
+            name: name.into(),
+            runs: vec![(&r.refiner as &dyn Refiner<B>, Some(r.decision))],
+            gate_curve: false,
+        });
+        let opts = CompareOptions {
+            batch: 8,
+            bootstrap: 1000,
+            ..Default::default()
+        };
+        let (comparison, images) = compare(&vq, &pairs, Some(&targets), &methods, &opts, &device)?;
         eprintln!(
-            "{task}: generation {gen_ms:.0} ms per image, refinement {:.1} ms per image",
-            evaluation.refine_ms_per_sample
+            "{task}: generation {gen_ms:.0} ms per image, refinement {:.1} ms (paper) and {:.1} ms (best) per image",
+            comparison.methods[0].refine_ms_per_sample, comparison.methods[1].refine_ms_per_sample
         );
         let report = EvalReport {
             task: task.to_string(),
             k,
             command: "cargo run --release --example quickstart".into(),
-            refiner_params: refiner.param_count(),
-            evaluation,
+            comparison,
         };
         let queries: Vec<_> = sentences
             .iter()

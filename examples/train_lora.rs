@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example train_lora -- --tokenizer CKPT --backbone DIR [--data DIR] \
-//!     [--train-images 2048] [--task colorization] [--k 1] [--train-count 512] [--steps 1000] \
+//!     [--train-images 2048 | A..B] [--task colorization] [--k 1] [--train-count 512] [--steps 1000] \
 //!     [--batch 32] [--lr 1e-3] [--rank 8] [--alpha 16] [--out target/lora-run]
 //! ```
 //!
@@ -26,7 +26,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_lora -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--steps 1000] [--batch 32] [--lr 1e-3] [--rank 8] [--alpha 16] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_lora -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N|A..B] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--steps 1000] [--batch 32] [--lr 1e-3] [--rank 8] [--alpha 16] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -39,11 +39,11 @@ fn main() -> AnyResult<()> {
     )?;
     let out = setup::out_dir(&args, "target/lora-run")?;
     let (vq, lm) = setup::models(&args)?;
-    let (train_imgs, _) = setup::images(&args)?;
+    let images = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let k: usize = args.get("k", 1)?;
     // the refiner's training prompts: same builder, count and seed (1) as train_refiner
-    let (_, tokens) = setup::sentences(&vq, &train_imgs, &task, k, args.get("train-count", 512)?, 1)?;
+    let (_, tokens) = setup::sentences(&vq, &images.train, &task, k, args.get("train-count", 512)?, 1)?;
     let offset = lm.image_token_ids().start as i64;
     let seqs: Vec<Vec<i64>> = tokens
         .iter()

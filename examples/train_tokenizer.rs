@@ -82,7 +82,7 @@ fn main() -> AnyResult<()> {
         pixel_range: PixelRange::ZeroOne,
     };
     config.validate()?;
-    let (train, val) = setup::images(&args)?;
+    let setup::Images { train, val, .. } = setup::images(&args)?;
     let val_n: usize = args.get("val-images", 1000)?;
     let (train, val) = (
         train.resized(resolution)?,

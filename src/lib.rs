@@ -42,6 +42,11 @@ pub use backbone::{generate_by_forward, Sampling};
 pub use decode::{nearest_codes, Codebook, KernelPrecision, Metric, DEFAULT_MEMORY_BUDGET};
 pub use error::{Error, Result};
 pub use pipeline::{RefinementOutput, SelfRefinement};
-pub use refiner::{PositionEncoding, TransformerRefiner, TransformerRefinerConfig};
-pub use train::{cosine_loss, RefinementLoss};
-pub use traits::{ArBackbone, ForwardOutput, Refiner, TokenGrid, Tokenizer};
+pub use refiner::{
+    cosine_loss, Decision, PositionEncoding, Preset, RefinementLoss, TransformerRefiner,
+    TransformerRefinerConfig,
+};
+pub use traits::{
+    ArBackbone, Confidence, ForwardOutput, PromptContext, RefineInput, RefineOutput, Refiner, RefinerNeeds,
+    TokenGrid, Tokenizer,
+};

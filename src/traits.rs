@@ -8,9 +8,10 @@ use std::ops::Range;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{generate_by_forward, Sampling};
+use crate::backbone::{generate_by_forward, score_answers, AnswerScores, Sampling};
+use crate::checks::expect_dims;
 use crate::decode::{Codebook, Metric};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The token grid of one image: `rows × cols` tokens in raster order.
 ///
@@ -153,12 +154,228 @@ pub trait ArBackbone<B: Backend> {
     ) -> Result<Tensor<B, 2, Int>> {
         generate_by_forward(self, prompt, n_new, sampling)
     }
+
+    /// [`generate`](Self::generate), plus the backbone's scores of every new token (log-probability
+    /// and entropy of the distribution it was chosen from, its `top_k` codes; see
+    /// [`score_answers`]). The default scores the generated answer with teacher-forced passes
+    /// over prompt + answer (16 prompts per pass); models that see the distributions while
+    /// generating (the KV-cache LLaMA) return them without the extra pass.
+    fn generate_scored(
+        &self,
+        prompt: Tensor<B, 2, Int>,
+        n_new: usize,
+        sampling: &Sampling,
+        top_k: usize,
+    ) -> Result<(Tensor<B, 2, Int>, AnswerScores<B>)> {
+        let ids = self.generate(prompt.clone(), n_new, sampling)?;
+        let b = ids.dims()[0];
+        let mut parts = Vec::new();
+        for start in (0..b).step_by(16) {
+            let m = 16.min(b - start);
+            let scores = score_answers(
+                self,
+                prompt.clone().narrow(0, start, m),
+                ids.clone().narrow(0, start, m),
+                top_k,
+                false,
+            )?;
+            parts.push(scores);
+        }
+        let cat2 =
+            |f: &dyn Fn(&AnswerScores<B>) -> Tensor<B, 2>| Tensor::cat(parts.iter().map(f).collect(), 0);
+        let scores = AnswerScores {
+            log_prob: cat2(&|s| s.log_prob.clone()),
+            entropy: cat2(&|s| s.entropy.clone()),
+            top: Tensor::cat(parts.iter().map(|s| s.top.clone()).collect(), 0),
+            hidden: None,
+        };
+        Ok((ids, scores))
+    }
 }
 
-/// Refines the embeddings of a generated token sequence: `[b, n, D]` → `[b, n, D]`.
+/// What the backbone believed about each token it chose, from one teacher-forced pass over the
+/// prompt and its own answer (see [`crate::backbone::score_answers`]).
+#[derive(Clone, Debug)]
+pub struct Confidence<B: Backend> {
+    /// `log p(chosen code)` under the backbone's softmax over the image codes at temperature 1,
+    /// `[b, n]` (values `<= 0`).
+    pub log_prob: Tensor<B, 2>,
+    /// Entropy of that distribution in nats, `[b, n]` (values in `0..=ln K`).
+    pub entropy: Tensor<B, 2>,
+}
+
+/// The prompt an answer was generated from, as code embeddings: the last `images` images of the
+/// visual sentence (the query image last), each laid out on the answer's grid.
+#[derive(Clone, Debug)]
+pub struct PromptContext<B: Backend> {
+    /// `[b, images · n, D]`, images in sentence order (`…, y_K, x_q`).
+    pub embeddings: Tensor<B, 3>,
+    /// How many images `embeddings` holds.
+    pub images: usize,
+}
+
+/// Everything a [`Refiner`] may read about one batch of generated answers.
 ///
-/// Implement it for any `burn` module; the training loop only needs
-/// `M: Refiner<B> + AutodiffModule<B>`. The built-in is [`crate::TransformerRefiner`].
+/// Only the answer's codes and embeddings are always there; the rest is filled in when the
+/// refiner asks for it through [`Refiner::needs`] (the pipeline, the training loop and the
+/// evaluation do so).
+///
+/// ```
+/// use ar_refine::{RefineInput, TokenGrid};
+/// use burn::backend::NdArray;
+/// use burn::tensor::{Int, Tensor};
+/// let d = Default::default();
+/// let codes = Tensor::<NdArray, 2, Int>::zeros([2, 4], &d);
+/// let input = RefineInput::new(codes, Tensor::zeros([2, 4, 8], &d), TokenGrid::new(2, 2));
+/// assert!(input.check(8).is_ok());
+/// assert!(input.check(16).is_err()); // D mismatch
+/// ```
+#[derive(Clone, Debug)]
+pub struct RefineInput<B: Backend> {
+    /// The backbone's code ids `[b, n]` (`0..K`).
+    pub codes: Tensor<B, 2, Int>,
+    /// Their code embeddings `[b, n, D]`.
+    pub embeddings: Tensor<B, 3>,
+    /// The token grid of the answer (`n == grid.len()`).
+    pub grid: TokenGrid,
+    /// The prompt's last images as code embeddings, when asked for.
+    pub prompt: Option<PromptContext<B>>,
+    /// The backbone's per-token log-probability and entropy, when asked for.
+    pub confidence: Option<Confidence<B>>,
+    /// The backbone's final hidden states `[b, n, H]` at the positions whose logits chose each
+    /// answer token (teacher-forced over prompt + answer), when asked for.
+    pub hidden: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> RefineInput<B> {
+    /// The answer alone: codes `[b, n]`, their embeddings `[b, n, D]`, and the grid.
+    pub fn new(codes: Tensor<B, 2, Int>, embeddings: Tensor<B, 3>, grid: TokenGrid) -> Self {
+        Self {
+            codes,
+            embeddings,
+            grid,
+            prompt: None,
+            confidence: None,
+            hidden: None,
+        }
+    }
+
+    /// Adds the prompt context.
+    pub fn with_prompt(mut self, prompt: PromptContext<B>) -> Self {
+        self.prompt = Some(prompt);
+        self
+    }
+
+    /// Adds the backbone's confidence.
+    pub fn with_confidence(mut self, confidence: Confidence<B>) -> Self {
+        self.confidence = Some(confidence);
+        self
+    }
+
+    /// Adds the backbone's hidden states `[b, n, H]`.
+    pub fn with_hidden(mut self, hidden: Tensor<B, 3>) -> Self {
+        self.hidden = Some(hidden);
+        self
+    }
+
+    /// Batch size `b`.
+    pub fn batch(&self) -> usize {
+        self.embeddings.dims()[0]
+    }
+
+    /// Checks every shape against the answer's `[b, n, code_dim]` (`n = grid.len()`): codes
+    /// `[b, n]`, prompt `[b, m·n, D]`, confidence `[b, n]`, hidden `[b, n, H]`.
+    pub fn check(&self, code_dim: usize) -> Result<()> {
+        let n = self.grid.len();
+        let dims = self.embeddings.dims();
+        expect_dims(
+            "refiner embeddings",
+            &format!("[b, {n}, {code_dim}]"),
+            &dims,
+            &[None, Some(n), Some(code_dim)],
+        )?;
+        let b = dims[0];
+        if b == 0 || n == 0 {
+            return Err(Error::shape("refiner embeddings", "non-empty [b, n, D]", &dims));
+        }
+        expect_dims(
+            "refiner codes",
+            &format!("[{b}, {n}]"),
+            &self.codes.dims(),
+            &[Some(b), Some(n)],
+        )?;
+        if let Some(p) = &self.prompt {
+            let m = p.images * n;
+            expect_dims(
+                "refiner prompt context",
+                &format!("[{b}, {} images x {n}, {code_dim}]", p.images),
+                &p.embeddings.dims(),
+                &[Some(b), Some(m), Some(code_dim)],
+            )?;
+            if p.images == 0 {
+                return Err(Error::Config("a prompt context needs at least one image".into()));
+            }
+        }
+        if let Some(c) = &self.confidence {
+            for (what, t) in [
+                ("refiner log-probabilities", &c.log_prob),
+                ("refiner entropies", &c.entropy),
+            ] {
+                expect_dims(what, &format!("[{b}, {n}]"), &t.dims(), &[Some(b), Some(n)])?;
+            }
+        }
+        if let Some(h) = &self.hidden {
+            expect_dims(
+                "refiner hidden states",
+                &format!("[{b}, {n}, H]"),
+                &h.dims(),
+                &[Some(b), Some(n), None],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What a [`Refiner`] returns.
+#[derive(Clone, Debug)]
+pub struct RefineOutput<B: Backend> {
+    /// Refined embeddings `[b, n, D]` (the paper's output; snapped to the nearest code).
+    pub embeddings: Tensor<B, 3>,
+    /// Scores over the codebook `[b, n, K]`, when the refiner has a categorical head.
+    pub logits: Option<Tensor<B, 3>>,
+    /// A critic's logit of "the backbone's token is wrong" `[b, n]`, when it has one.
+    pub wrong_logit: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> RefineOutput<B> {
+    /// Embeddings only, as an embedding regressor (the paper's refiner) returns.
+    pub fn embeddings(embeddings: Tensor<B, 3>) -> Self {
+        Self {
+            embeddings,
+            logits: None,
+            wrong_logit: None,
+        }
+    }
+}
+
+/// Which optional parts of a [`RefineInput`] a refiner reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefinerNeeds {
+    /// How many of the prompt's last images (`0`: none; `1`: the query image).
+    pub prompt_images: usize,
+    /// The backbone's per-token log-probability and entropy.
+    pub confidence: bool,
+    /// The backbone's final hidden states.
+    pub hidden: bool,
+}
+
+/// A post-hoc refiner of a frozen backbone's answer.
+///
+/// Implement [`refine`](Self::refine) (and [`needs`](Self::needs) when it reads more than the
+/// answer), or, for a plain embedding-to-embedding refiner as in Wang et al. (2025),
+/// [`refine_embeddings`](Self::refine_embeddings) alone. The trait is object safe. The built-in
+/// is [`crate::TransformerRefiner`]; how the output becomes codes is a
+/// [`crate::refiner::Decision`].
 ///
 /// ```
 /// use ar_refine::{Refiner, Result, TokenGrid};
@@ -169,14 +386,33 @@ pub trait ArBackbone<B: Backend> {
 /// struct MeanMix { weight: f64 }
 ///
 /// impl<B: Backend> Refiner<B> for MeanMix {
-///     fn refine(&self, e: Tensor<B, 3>, _grid: TokenGrid) -> Result<Tensor<B, 3>> {
+///     fn refine_embeddings(&self, e: Tensor<B, 3>, _grid: TokenGrid) -> Result<Tensor<B, 3>> {
 ///         let mean = e.clone().mean_dim(1);
 ///         Ok(e.mul_scalar(1.0 - self.weight) + mean.mul_scalar(self.weight))
 ///     }
 /// }
 /// ```
 pub trait Refiner<B: Backend> {
-    /// `embeddings` `[b, n, D]` of the tokens laid out on `grid` (`n == grid.len()`) →
-    /// refined embeddings `[b, n, D]`.
-    fn refine(&self, embeddings: Tensor<B, 3>, grid: TokenGrid) -> Result<Tensor<B, 3>>;
+    /// Refines one batch of answers. The default calls
+    /// [`refine_embeddings`](Self::refine_embeddings) on the answer's embeddings.
+    fn refine(&self, input: RefineInput<B>) -> Result<RefineOutput<B>> {
+        Ok(RefineOutput::embeddings(
+            self.refine_embeddings(input.embeddings, input.grid)?,
+        ))
+    }
+
+    /// The answer-only form: `embeddings` `[b, n, D]` of the tokens laid out on `grid`
+    /// (`n == grid.len()`) → refined embeddings `[b, n, D]`. This was `refine` before 0.2.
+    /// The default is an error: implement this or [`refine`](Self::refine).
+    fn refine_embeddings(&self, embeddings: Tensor<B, 3>, grid: TokenGrid) -> Result<Tensor<B, 3>> {
+        let _ = (embeddings, grid);
+        Err(Error::Config(
+            "this refiner implements neither Refiner::refine nor Refiner::refine_embeddings".into(),
+        ))
+    }
+
+    /// The optional inputs this refiner reads (default: none).
+    fn needs(&self) -> RefinerNeeds {
+        RefinerNeeds::default()
+    }
 }

@@ -96,6 +96,7 @@ fn run(
         train: &s.train,
         val: Some(&s.val),
         devices,
+        hidden: None,
     };
     train_refiner(refiner, data, cfg, ckpt, &mut |_| {}).map(|(_, state)| state)
 }

@@ -109,6 +109,50 @@ fn cached_sampling_equals_uncached<B: Backend>(device: &B::Device) {
     assert_eq!(ids_vec(long_cached), ids_vec(long_plain));
 }
 
+/// The scores the KV-cache generation records equal a teacher-forced pass over prompt + answer
+/// (the trait's default), for greedy and sampled answers.
+fn generation_scores_equal_teacher_forced_scores<B: Backend>(device: &B::Device) {
+    let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
+    let prompt = ids(&reference(), "gqa.input_ids", device);
+    for s in [Sampling::greedy(), Sampling::temperature(1.0).with_seed(5)] {
+        let (tokens, scores) = model.generate_scored(prompt.clone(), 16, &s, 3).unwrap();
+        let tf =
+            ar_refine::backbone::score_answers(&model, prompt.clone(), tokens.clone(), 3, false).unwrap();
+        assert_eq!(scores.log_prob.dims(), [2, 16]);
+        for (a, b, what) in [
+            (scores.log_prob.clone(), tf.log_prob.clone(), "log-prob"),
+            (scores.entropy.clone(), tf.entropy.clone(), "entropy"),
+        ] {
+            let (a, b) = (to_vec(a), to_vec(b));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "{what}: {worst}");
+        }
+        assert!(to_vec(scores.log_prob.clone()).iter().all(|v| *v <= 1e-6));
+        let top: Vec<i64> = scores.top.clone().into_data().iter::<i64>().collect();
+        let tft: Vec<i64> = tf.top.into_data().iter::<i64>().collect();
+        assert_eq!(top, tft);
+        if s.temperature == 0.0 {
+            // greedy picks the most likely code
+            let first: Vec<i64> = top.chunks(3).map(|c| c[0]).collect();
+            let start = model.image_token_ids().start as i64;
+            let chosen: Vec<i64> = ids_vec(tokens).iter().map(|t| t - start).collect();
+            assert_eq!(first, chosen);
+        }
+    }
+    let bad = GenerateOptions {
+        want_scores: Some(0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        model.generate_with(prompt, 4, &Sampling::greedy(), bad),
+        Err(Error::Config(_))
+    ));
+}
+
 fn lvm_generation_never_emits_special_ids<B: Backend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("lvm"), device).unwrap();
     assert_eq!(model.image_token_ids(), 0..8192);
@@ -196,6 +240,7 @@ backend_tests!(
     logits_match_transformers,
     greedy_matches_transformers_with_and_without_cache,
     cached_sampling_equals_uncached,
+    generation_scores_equal_teacher_forced_scores,
     lvm_generation_never_emits_special_ids,
     save_and_reload_round_trips,
     bad_checkpoints_and_inputs_are_typed_errors,

@@ -2,8 +2,8 @@
 
 mod common;
 
-use ar_refine::{cosine_loss, Error, RefinementLoss};
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Bool, Tensor};
+use ar_refine::{cosine_loss, Codebook, Error, Metric, RefineOutput, RefinementLoss};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Bool, Int, Tensor, TensorData};
 use common::{tensor, to_vec};
 
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
@@ -31,9 +31,12 @@ fn matches_hand_computed_values<B: Backend>(device: &B::Device) {
     // MSE term: squared distances per token / D: (0+1)/2, (0+9)/2, (81+9)/2.
     let mse = [0.5f32, 4.5, 45.0];
     let with_mse = scalar(
-        RefinementLoss { mse_weight: 0.1 }
-            .forward(pred, target, None)
-            .unwrap(),
+        RefinementLoss {
+            mse_weight: 0.1,
+            ..RefinementLoss::default()
+        }
+        .forward(pred, target, None)
+        .unwrap(),
     );
     let expected = (per.iter().sum::<f32>() + 0.1 * mse.iter().sum::<f32>()) / 3.0;
     assert!((with_mse - expected).abs() < 1e-5, "{with_mse} vs {expected}");
@@ -59,7 +62,11 @@ fn bad_input_is_an_error<B: Backend>(device: &B::Device) {
         Err(Error::Shape { .. })
     ));
     assert!(matches!(
-        RefinementLoss { mse_weight: -1.0 }.forward(a.clone(), a, None),
+        RefinementLoss {
+            mse_weight: -1.0,
+            ..RefinementLoss::default()
+        }
+        .forward(a.clone(), a, None),
         Err(Error::Config(_))
     ));
 }
@@ -80,7 +87,77 @@ fn gradients_are_right_and_finite<B: AutodiffBackend>(device: &B::Device) {
     assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
 }
 
+fn categorical_terms_match_hand_computed_values<B: Backend>(device: &B::Device) {
+    // 3 codes in 2-D; one token whose truth is code 2 and whose backbone chose code 0.
+    let book = Codebook::new(
+        tensor::<B, 2>(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2], device),
+        Metric::SquaredL2,
+    )
+    .unwrap();
+    let logits = [0.5f32, -1.0, 2.0];
+    let out = RefineOutput {
+        embeddings: tensor::<B, 3>(vec![1.0, 1.0], [1, 1, 2], device),
+        logits: Some(tensor::<B, 3>(logits.to_vec(), [1, 1, 3], device)),
+        wrong_logit: Some(tensor::<B, 2>(vec![0.3], [1, 1], device)),
+    };
+    let ids = |v: i64| Tensor::<B, 2, Int>::from_data(TensorData::new(vec![v], [1, 1]), device);
+    let (own, truth) = (ids(0), ids(2));
+    let lse = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+    let ce = lse - logits[2];
+    let loss = |l: RefinementLoss| scalar(l.prepare(&book).unwrap().forward(&out, &own, &truth).unwrap());
+    let only_ce = RefinementLoss {
+        cross_entropy: 1.0,
+        ..RefinementLoss::none()
+    };
+    assert!((loss(only_ce) - ce).abs() < 1e-5);
+    // BCE("wrong" = 1, z = 0.3) = ln(1 + e^-0.3)
+    let bce = (1.0 + (-0.3f32).exp()).ln();
+    let only_critic = RefinementLoss {
+        critic: 2.0,
+        ..RefinementLoss::none()
+    };
+    assert!((loss(only_critic) - 2.0 * bce).abs() < 1e-5);
+    // the embedding (1, 1) equals code 2: the cosine term is 0; the sum adds the terms
+    let all = RefinementLoss {
+        cross_entropy: 1.0,
+        critic: 2.0,
+        ..RefinementLoss::default()
+    };
+    assert!((loss(all) - (ce + 2.0 * bce)).abs() < 1e-5);
+    // soft targets over the truth's 2 nearest codes by cosine: code 2 itself and a tie of 0 and 1
+    // (cos 1/√2 each; top-k keeps one of them): weights softmax(cos / T)
+    let soft = RefinementLoss {
+        cross_entropy: 1.0,
+        soft_neighbours: 2,
+        soft_temperature: 0.5,
+        ..RefinementLoss::none()
+    };
+    let (w_self, w_other) = {
+        let (a, b) = ((1.0f32 / 0.5).exp(), (0.5f32.sqrt() / 0.5).exp());
+        (a / (a + b), b / (a + b))
+    };
+    let lp = |i: usize| logits[i] - lse;
+    let v = loss(soft);
+    let expect_0 = -(w_self * lp(2) + w_other * lp(0));
+    let expect_1 = -(w_self * lp(2) + w_other * lp(1));
+    assert!(
+        (v - expect_0).abs() < 1e-4 || (v - expect_1).abs() < 1e-4,
+        "{v} vs {expect_0} / {expect_1}"
+    );
+    // a term whose head the output lacks is a typed error; so are all-zero weights
+    let no_logits = RefineOutput::embeddings(out.embeddings.clone());
+    assert!(matches!(
+        only_ce.prepare(&book).unwrap().forward(&no_logits, &own, &truth),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        RefinementLoss::none().prepare(&book),
+        Err(Error::Config(_))
+    ));
+}
+
 backend_tests!(
+    categorical_terms_match_hand_computed_values,
     matches_hand_computed_values,
     zero_vectors_give_loss_one,
     bad_input_is_an_error

@@ -55,7 +55,7 @@ fn runs_end_to_end<B: Backend>(device: &B::Device) {
     let out = pipeline.run_images(&prompt_images).unwrap();
     assert_eq!(out.generated_tokens.dims(), [2, n]);
     assert_eq!(out.refined_tokens.dims(), [2, n]);
-    assert_eq!(out.refined_embeddings.dims(), [2, n, tok.code_dim()]);
+    assert_eq!(out.refined.embeddings.dims(), [2, n, tok.code_dim()]);
     assert_eq!(out.generated_images.dims(), [2, 3, SIZE, SIZE]);
     assert_eq!(out.refined_images.dims(), [2, 3, SIZE, SIZE]);
 
@@ -163,7 +163,7 @@ fn a_trained_refiner_changes_tokens<B: Backend>(device: &B::Device) {
     // (or an identical duplicate at a lower id): the refine → nearest path is wired up.
     struct ToFirstCode<B: Backend>(Tensor<B, 1>);
     impl<B: Backend> Refiner<B> for ToFirstCode<B> {
-        fn refine(&self, e: Tensor<B, 3>, _: TokenGrid) -> Result<Tensor<B, 3>> {
+        fn refine_embeddings(&self, e: Tensor<B, 3>, _: TokenGrid) -> Result<Tensor<B, 3>> {
             let [b, n, d] = e.dims();
             Ok(self.0.clone().reshape([1, 1, d]).expand([b, n, d]))
         }

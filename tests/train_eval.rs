@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 
 use ar_refine::backbone::Llama;
 use ar_refine::data::{build_sentences, tokenize_sentences, ImageSet};
-use ar_refine::eval::{evaluate, write_report, EvalReport};
-use ar_refine::refiner::{load_refiner, save_refiner};
+use ar_refine::eval::{compare, write_report, CompareOptions, EvalReport, Method};
+use ar_refine::io::StoreDtype;
+use ar_refine::refiner::{load_refiner, save_refiner, Decision, Preset};
 use ar_refine::tasks::{Colorization, EdgeDetection, Inpainting, Task};
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::train::{
-    generate_pairs, load_pairs, train_refiner, PairMode, PairOptions, RefinerData, RefinerTrainConfig,
+    calibrate_gate, generate_pairs, load_pairs, train_refiner, PairMode, PairOptions, RefinerData,
+    RefinerTrainConfig,
 };
-use ar_refine::{Error, Sampling, Tokenizer, TransformerRefinerConfig};
+use ar_refine::{Error, Refiner, Sampling, Tokenizer};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 
@@ -69,6 +71,20 @@ fn pairs_training_evaluation_and_report() {
     let mut calls = 0;
     let pairs = generate_pairs(&lm, &train_t, &opts, &device, &mut |_, _| calls += 1).unwrap();
     assert_eq!((pairs.len(), pairs.tokens(), calls), (32, 16, 5));
+    // the prompts and the backbone's confidence are recorded: greedy picks its most likely code
+    assert_eq!((pairs.prompt_images(), pairs.prompts[0].len()), (3, 48));
+    assert!(pairs.has_scores());
+    for i in 0..pairs.len() {
+        for p in 0..16 {
+            let (lp, h) = (pairs.log_prob[i][p], pairs.entropy[i][p]);
+            assert!(lp <= 1e-6 && h >= -1e-5 && h <= (64f32).ln() + 1e-4, "{lp} {h}");
+            assert_eq!(
+                pairs.top[i][p * 5],
+                pairs.generated[i][p],
+                "greedy = the top code"
+            );
+        }
+    }
     let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(cache.join("meta.json")).unwrap()).unwrap();
     meta["chunks"].as_array_mut().unwrap().pop();
@@ -98,6 +114,28 @@ fn pairs_training_evaluation_and_report() {
     std::fs::write(partial.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     assert!(load_pairs(&partial, &opts.mode, &opts.config).unwrap().is_none());
     std::fs::remove_dir_all(&partial).ok();
+    // a cache of ar-refine 0.1's format is refused with a message that says why
+    let old = tmp("pairs-v1");
+    copy_dir(&cache, &old);
+    let mut v1 = meta.clone();
+    v1["format"] = serde_json::json!(1);
+    std::fs::write(old.join("meta.json"), serde_json::to_vec(&v1).unwrap()).unwrap();
+    let err = load_pairs(&old, &opts.mode, &opts.config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("format 1") && err.contains("log-probabilities"),
+        "{err}"
+    );
+    let old_opts = PairOptions {
+        cache: Some(&old),
+        ..opts.clone()
+    };
+    assert!(matches!(
+        generate_pairs(&lm, &train_t, &old_opts, &device, &mut |_, _| {}),
+        Err(Error::Checkpoint { .. })
+    ));
+    std::fs::remove_dir_all(&old).ok();
     std::fs::write(cache.join("chunk-000000.bin"), b"bad").unwrap();
     assert!(matches!(
         generate_pairs(&lm, &train_t, &opts, &device, &mut |_, _| {}),
@@ -125,8 +163,11 @@ fn pairs_training_evaluation_and_report() {
     };
     let val_pairs = generate_pairs(&lm, &val_t, &val_opts, &device, &mut |_, _| {}).unwrap();
 
-    // Training, resumable with the same loss curve.
-    let rcfg = TransformerRefinerConfig::new(8)
+    // Training the corrector (query prefix, confidence, code logits, critic), resumable with the
+    // same loss curve; the most accurate validation step's weights are kept.
+    let preset = Preset::Corrector;
+    let rcfg = preset
+        .config(8)
         .with_d_model(32)
         .with_n_heads(4)
         .with_n_layers(2)
@@ -134,19 +175,22 @@ fn pairs_training_evaluation_and_report() {
     let codes = burn::tensor::Tensor::<A, 2>::from_inner(vq.codebook().codes().clone());
     let book = ar_refine::Codebook::<A>::new(codes, vq.metric()).unwrap();
     let mut cfg = RefinerTrainConfig::new(40, 8, 3e-3);
+    cfg.loss = preset.loss();
     cfg.checkpoint_every = 20;
-    cfg.validate_every = 20;
+    cfg.validate_every = 10;
     let ckpt = tmp("ckpt");
     let mut reports = 0;
+    let data = RefinerData {
+        codebook: &book,
+        grid: vq_grid(&vq),
+        train: &pairs,
+        val: Some(&val_pairs),
+        devices: &[],
+        hidden: None,
+    };
     let (refiner, state) = train_refiner(
-        rcfg.init::<A>(&device).unwrap(),
-        RefinerData {
-            codebook: &book,
-            grid: vq_grid(&vq),
-            train: &pairs,
-            val: Some(&val_pairs),
-            devices: &[],
-        },
+        rcfg.init_with_codebook(&book, &device).unwrap(),
+        data,
         &cfg,
         Some(&ckpt),
         &mut |r| {
@@ -162,19 +206,20 @@ fn pairs_training_evaluation_and_report() {
         "{:?}",
         state.losses
     );
-    assert_eq!(state.extra["val"].as_array().unwrap().len(), 2);
+    let val = state.extra["val"].as_array().unwrap();
+    assert_eq!(val.len(), 4);
+    let best_acc = val
+        .iter()
+        .map(|v| v[2].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(state.extra["best"]["accuracy"].as_f64().unwrap(), best_acc);
+    assert!(ckpt.join("best.safetensors").exists());
     let part = tmp("ckpt_part");
     copy_dir(&ckpt.join("step-00000020"), &part.join("step-00000020"));
     std::fs::write(part.join("latest"), "step-00000020").unwrap();
     let (_, resumed) = train_refiner(
-        rcfg.init::<A>(&device).unwrap(),
-        RefinerData {
-            codebook: &book,
-            grid: vq_grid(&vq),
-            train: &pairs,
-            val: Some(&val_pairs),
-            devices: &[],
-        },
+        rcfg.init_with_codebook(&book, &device).unwrap(),
+        data,
         &cfg,
         Some(&part),
         &mut |_| {},
@@ -189,53 +234,121 @@ fn pairs_training_evaluation_and_report() {
         );
     }
 
-    // Save / load the refiner, evaluate, write the report.
+    // The gate calibrated on the validation pairs, saved with the refiner (f16), loaded back.
     let refiner = refiner.valid();
-    let rdir = tmp("refiner");
-    save_refiner(&refiner, &rcfg, &rdir).unwrap();
-    let (refiner, _) = load_refiner::<B>(&rdir, &device).unwrap();
-    let targets: Vec<_> = val_s.iter().map(|s| s.target.clone()).collect();
-    let (eval, images) = evaluate(&vq, &refiner, &val_pairs, Some(&targets), 8, 3, &device).unwrap();
-    assert_eq!(
-        (eval.samples, eval.curve_backbone.len(), images.backbone.dims()[0]),
-        (12, 16, 3)
+    let (gate, point) = calibrate_gate(&refiner, vq.codebook(), vq_grid(&vq), &val_pairs, 8, None).unwrap();
+    let backbone_val = accuracy(&val_pairs.generated, &val_pairs.truth);
+    assert!(
+        point.accuracy >= backbone_val - 1e-12,
+        "{point:?} vs backbone {backbone_val}"
     );
-    for m in [&eval.backbone, &eval.refined] {
+    let rdir = tmp("refiner");
+    save_refiner(
+        &refiner,
+        gate,
+        serde_json::json!({"test": true}),
+        &rdir,
+        StoreDtype::F16,
+    )
+    .unwrap();
+    let loaded = load_refiner::<B>(&rdir, &device).unwrap();
+    assert_eq!(loaded.decision, gate);
+    assert_eq!(loaded.refiner.needs(), refiner.needs());
+
+    // Evaluate the corrector (gate and argmax) on the same outputs, write the report.
+    let targets: Vec<_> = val_s.iter().map(|s| s.target.clone()).collect();
+    let methods = vec![
+        Method {
+            name: "corrector".into(),
+            runs: vec![(&loaded.refiner as &dyn Refiner<B>, Some(gate))],
+            gate_curve: true,
+        },
+        Method {
+            name: "corrector argmax".into(),
+            runs: vec![
+                (&loaded.refiner as &dyn Refiner<B>, Some(Decision::Argmax)),
+                (&refiner as &dyn Refiner<B>, Some(Decision::Argmax)),
+            ],
+            gate_curve: false,
+        },
+    ];
+    let opts = CompareOptions {
+        batch: 8,
+        keep: 3,
+        bootstrap: 200,
+        ..Default::default()
+    };
+    let (eval, images) = compare(&vq, &val_pairs, Some(&targets), &methods, &opts, &device).unwrap();
+    assert_eq!(
+        (
+            eval.samples,
+            eval.backbone.curve.len(),
+            images.backbone.dims()[0],
+            images.methods.len()
+        ),
+        (12, 16, 3, 2)
+    );
+    assert!((eval.backbone.metrics.token_accuracy - backbone_val).abs() < 1e-12);
+    let k = vq.codebook_size();
+    for m in std::iter::once(&eval.backbone.metrics).chain(eval.methods.iter().map(|m| &m.metrics)) {
         assert!(
             (0.0..=1.0).contains(&m.token_accuracy) && m.psnr > 0.0 && m.ssim <= 1.0 && m.cos_area >= 0.0
         );
         assert!(m.cos_area_last_third <= m.cos_area + 1e-9);
+        assert!(m.top5_accuracy.unwrap() >= m.token_accuracy - 1e-12);
     }
-    // the change counts account for the accuracy difference exactly
-    let c = &eval.changes;
-    let gain = eval.refined.token_accuracy - eval.backbone.token_accuracy;
-    assert!((gain - (c.fixed - c.broken)).abs() < 1e-9, "{c:?} vs gain {gain}");
-    assert!(
-        c.fixed + c.broken <= c.changed + 1e-12 && c.changed <= 1.0,
-        "{c:?}"
-    );
-    let k = vq.codebook_size();
-    for d in [c.distinct_backbone, c.distinct_refined, c.distinct_truth] {
-        assert!((1..=k).contains(&d), "{c:?}");
+    for m in &eval.methods {
+        // the change counts account for the accuracy difference exactly, and so does the delta
+        let c = &m.changes;
+        let gain = m.metrics.token_accuracy - eval.backbone.metrics.token_accuracy;
+        assert!((gain - (c.fixed - c.broken)).abs() < 1e-9, "{c:?} vs gain {gain}");
+        assert!((gain - m.delta.token_accuracy.mean).abs() < 1e-9);
+        let d = &m.delta.token_accuracy;
+        assert!(d.lo <= d.mean + 1e-12 && d.mean <= d.hi + 1e-12, "{d:?}");
+        assert!(
+            c.fixed + c.broken <= c.changed + 1e-12 && c.changed <= 1.0,
+            "{c:?}"
+        );
+        assert!((1..=k).contains(&c.distinct), "{c:?}");
     }
+    // f16 weights and f32 weights give the same argmax on these pairs (two seeds here: equal)
+    assert_eq!(eval.methods[1].std.token_accuracy, 0.0);
+    // the gate curve starts at the backbone (threshold 1: no edits) and the calibrated gate is on it
+    let curve = &eval.methods[0].gate_curve;
+    assert_eq!(curve.last().unwrap().edit_rate, 0.0);
+    assert!((curve.last().unwrap().accuracy - eval.backbone.metrics.token_accuracy).abs() < 1e-12);
     let out = tmp("report");
     let queries: Vec<_> = val_s.iter().map(|s| s.images.last().unwrap().clone()).collect();
     let report = EvalReport {
         task: "colorization".into(),
         k: 1,
         command: "cargo test --test train_eval".into(),
-        refiner_params: refiner.param_count(),
-        evaluation: eval,
+        comparison: eval,
     };
     let files = write_report(&out, &[report], &images, &queries).unwrap();
-    for f in [&files.json, &files.markdown, &files.grid, &files.plot] {
+    let gate_plot = files.gate_plot.clone().unwrap();
+    for f in [&files.json, &files.markdown, &files.grid, &files.plot, &gate_plot] {
         assert!(std::fs::metadata(f).unwrap().len() > 100, "{}", f.display());
     }
+    let svg = std::fs::read_to_string(&files.plot).unwrap();
+    assert!(
+        svg.contains("token position") && svg.contains("corrector argmax"),
+        "axis label and legend"
+    );
     let grid = image::open(&files.grid).unwrap();
-    assert_eq!(grid.width(), 4 * 64 + 5 * 2);
+    assert_eq!(grid.width(), 5 * 64 + 6 * 2);
     for d in [ckpt, part, rdir, out] {
         std::fs::remove_dir_all(d).ok();
     }
+}
+
+fn accuracy(a: &[Vec<i64>], b: &[Vec<i64>]) -> f64 {
+    let right: usize = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p == q).count())
+        .sum();
+    right as f64 / a.iter().map(Vec::len).sum::<usize>() as f64
 }
 
 fn vq_grid(vq: &Vqgan<B>) -> ar_refine::TokenGrid {

@@ -14,12 +14,13 @@ use ar_refine::{ArBackbone, Sampling, Tokenizer};
 use super::args::{AnyResult, Args};
 
 /// Flags shared by the examples that train on a frozen backbone's prompts.
-pub const TRAINING_FLAGS: [&str; 8] = [
+pub const TRAINING_FLAGS: [&str; 9] = [
     "tokenizer",
     "tokenizer-config",
     "backbone",
     "data",
     "train-images",
+    "select-images",
     "task",
     "k",
     "train-count",
@@ -98,31 +99,87 @@ pub fn models(args: &Args) -> AnyResult<(Vqgan<B>, Llama<B>)> {
     Ok((vq, lm))
 }
 
-/// `(train, validation)` images: with `--data DIR` holding the shared Tiny-ImageNet files, the
-/// first `--train-images` mosaic photos and `val.u8`; with a folder of images, an 80/20 split;
-/// otherwise generated scenes. The two never share an image.
-pub fn images(args: &Args) -> AnyResult<(ImageSet, ImageSet)> {
+/// The images of a run: training prompts, validation (selection) prompts for checkpoints and
+/// calibration, and the evaluation photos; no image is in two of them.
+pub struct Images {
+    pub train: ImageSet,
+    pub select: ImageSet,
+    pub val: ImageSet,
+    /// What they are, for cache identities.
+    pub describe: serde_json::Value,
+}
+
+/// `A..B` or `N` (= `0..N`).
+fn range(args: &Args, name: &str, default: std::ops::Range<usize>) -> AnyResult<std::ops::Range<usize>> {
+    let Some(text) = args.opt::<String>(name)? else {
+        return Ok(default);
+    };
+    let parsed = match text.split_once("..") {
+        Some((a, b)) => a
+            .trim()
+            .parse()
+            .ok()
+            .zip(b.trim().parse().ok())
+            .map(|(a, b)| a..b),
+        None => text.trim().parse().ok().map(|n| 0..n),
+    };
+    match parsed {
+        Some(r) if r.start < r.end => Ok(r),
+        _ => Err(format!("--{name} takes N or A..B with A < B, got {text:?}").into()),
+    }
+}
+
+/// With `--data DIR` holding the shared Tiny-ImageNet files: `--train-images` (N or A..B,
+/// default 0..2048) and `--select-images` (A..B, default the 1,024 photos after the training
+/// range) of the training mosaics, and the 1,000 photos of `val.u8` for evaluation (never used
+/// to train or to choose settings). With a folder of images: 70 / 10 / 20 %. Otherwise generated
+/// scenes.
+pub fn images(args: &Args) -> AnyResult<Images> {
     let explicit = args.path("data");
-    let n_train: usize = args.get("train-images", 2048)?;
     if let Some(dir) = ImageSet::shared_dir(explicit.as_deref()) {
-        let train = ImageSet::from_mosaics(dir.join("train-jpg"), 0..n_train)?;
+        let train_range = range(args, "train-images", 0..2048)?;
+        let select_range = range(args, "select-images", train_range.end..train_range.end + 1024)?;
+        if select_range.start < train_range.end && train_range.start < select_range.end {
+            return Err("--select-images overlaps --train-images".into());
+        }
+        let train = ImageSet::from_mosaics(dir.join("train-jpg"), train_range.clone())?;
+        let select = ImageSet::from_mosaics(dir.join("train-jpg"), select_range.clone())?;
         let val = ImageSet::from_raw_u8(dir.join("val.u8"), 64)?;
         eprintln!(
-            "images: {} train (mosaics) + {} val photos from {}",
+            "images: {} train ({train_range:?}) + {} selection ({select_range:?}) mosaic photos, {} val photos from {}",
             train.len(),
+            select.len(),
             val.len(),
             dir.display()
         );
-        return Ok((train, val));
+        let describe =
+            serde_json::json!({ "train": format!("{train_range:?}"), "select": format!("{select_range:?}") });
+        return Ok(Images {
+            train,
+            select,
+            val,
+            describe,
+        });
     }
-    if let Some(dir) = explicit {
-        let all = ImageSet::from_folder(&dir, 64)?;
-        let cut = all.len() * 4 / 5;
-        eprintln!("images: {} from {} (80/20 split)", all.len(), dir.display());
-        return Ok(all.split(cut));
-    }
-    eprintln!("images: shared data not found; generated scenes");
-    Ok(ImageSet::synthetic(600, 64, 1).split(500))
+    let (all, what) = match explicit {
+        Some(dir) => (ImageSet::from_folder(&dir, 64)?, format!("{}", dir.display())),
+        None => (ImageSet::synthetic(700, 64, 1), "generated scenes".to_string()),
+    };
+    let (train, rest) = all.split(all.len() * 7 / 10);
+    let (select, val) = rest.split(all.len() / 10);
+    eprintln!(
+        "images: {} train + {} selection + {} val from {what} (70/10/20 split)",
+        train.len(),
+        select.len(),
+        val.len()
+    );
+    let describe = serde_json::json!({ "split": "70/10/20", "source": what });
+    Ok(Images {
+        train,
+        select,
+        val,
+        describe,
+    })
 }
 
 /// `--mode free|teacher` with the sampling flags.

@@ -1,7 +1,7 @@
 //! Plugging your own tokenizer and autoregressive model into ar-refine.
 //!
 //! ```text
-//! cargo run --release --example custom_backbone -- [--data DIR] [--steps N] [--out DIR]
+//! cargo run --release --example custom_backbone -- [--data DIR] [--steps 200] [--refiner-steps 300] [--out DIR]
 //! ```
 //!
 //! 1. A patch tokenizer (k-means codebook over 4×4 RGB patches, 32×32 images → 8×8 tokens) and
@@ -9,24 +9,36 @@
 //!    `ArBackbone`.
 //! 2. The backbone is trained briefly on colorization sentences `[gray_1, colour_1, gray_q,
 //!    colour_q]`, then frozen.
-//! 3. Its greedy outputs on training prompts and the ground truth form refiner training pairs;
-//!    the built-in `TransformerRefiner` is trained with the cosine distance plus a small MSE
-//!    term (`RefinementLoss`).
-//! 4. `SelfRefinement` runs on held-out prompts; token accuracy and PSNR of the backbone
-//!    alone and refined are printed, and `comparison.png` (query | backbone | refined | truth)
-//!    is written.
+//! 3. Its greedy outputs on training prompts, with its per-token confidence and the ground
+//!    truth, form refiner training pairs (`generate_pairs`). Two built-in refiners are trained
+//!    on them with `train_refiner`: the **corrector** preset (the query image as a prefix, the
+//!    backbone's confidence, identity-initialised code logits and a critic; cross-entropy; a
+//!    gate calibrated on separate validation prompts) and, beside it, the **paper**'s (the
+//!    answer alone, cosine loss, nearest-code snap).
+//! 4. `SelfRefinement` runs both on held-out prompts; token accuracy and PSNR of the backbone
+//!    alone and refined are printed, and `comparison.png` (query | backbone | paper refiner |
+//!    corrector | truth) is written.
 //!
 //! Images: `val.u8` of the Tiny-ImageNet folder given by `--data`, by `AR_REFINE_DATA`, or found
 //! at `../shared/data`; otherwise generated in code.
 
+#[path = "../common/args.rs"]
+mod args;
 mod models;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use ar_refine::data::TokenSentence;
 use ar_refine::io::save_image_grid;
-use ar_refine::{
-    RefinementLoss, Refiner, Result, Sampling, SelfRefinement, TokenGrid, Tokenizer, TransformerRefinerConfig,
+use ar_refine::refiner::{Decision, Preset};
+use ar_refine::train::{
+    calibrate_gate, generate_pairs, train_refiner, PairMode, PairOptions, Pairs, RefinerData,
+    RefinerTrainConfig,
 };
+use ar_refine::{
+    Codebook, RefinementOutput, Sampling, SelfRefinement, TokenGrid, Tokenizer, TransformerRefiner,
+};
+use args::{AnyResult, Args};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -38,39 +50,12 @@ type B = NdArray;
 type AD = Autodiff<NdArray>;
 
 const SIZE: usize = 32;
-
-struct Args {
-    data: Option<PathBuf>,
-    steps: usize,
-    out: PathBuf,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        data: std::env::var_os("AR_REFINE_DATA").map(PathBuf::from),
-        steps: 200,
-        out: PathBuf::from("target/custom_backbone"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--data" => args.data = Some(val().into()),
-            "--steps" => args.steps = val().parse().expect("--steps takes a number"),
-            "--out" => args.out = val().into(),
-            other => panic!("unknown argument {other}; see the file's header for usage"),
-        }
-    }
-    if args.data.is_none() {
-        let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-        args.data = shared.join("val.u8").exists().then_some(shared);
-    }
-    args
-}
+const USAGE: &str =
+    "cargo run --release --example custom_backbone -- [--data DIR] [--steps 200] [--refiner-steps 300] [--out DIR]";
 
 /// `count` colour images `[count, 3, 32, 32]`: Tiny-ImageNet photos (64×64, 2×2-averaged) when
 /// available, else smooth synthetic scenes.
-fn load_images(data: Option<&PathBuf>, count: usize, device: &burn::tensor::Device<B>) -> Tensor<B, 4> {
+fn load_images(data: Option<&Path>, count: usize, device: &burn::tensor::Device<B>) -> Tensor<B, 4> {
     if let Some(dir) = data {
         let path = dir.join("val.u8");
         match std::fs::read(&path) {
@@ -131,11 +116,24 @@ fn accuracy(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> f32 {
     a.equal(b).float().mean().into_scalar()
 }
 
-fn main() -> Result<()> {
-    let args = parse_args();
+fn main() -> AnyResult<()> {
+    let args = Args::parse(USAGE, &[])?;
+    args.only(&["data", "steps", "refiner-steps", "out"])?;
+    let data = args
+        .path("data")
+        .or_else(|| std::env::var_os("AR_REFINE_DATA").map(PathBuf::from))
+        .or_else(|| {
+            let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+            shared.join("val.u8").exists().then_some(shared)
+        });
+    let steps: usize = args.get("steps", 200)?;
+    let refiner_steps: usize = args.get("refiner-steps", 300)?;
+    let out_dir = args
+        .path("out")
+        .unwrap_or_else(|| PathBuf::from("target/custom_backbone"));
     let device = Default::default();
     let (n_train, n_eval) = (256, 32);
-    let colour = load_images(args.data.as_ref(), n_train + n_eval, &device);
+    let colour = load_images(data.as_deref(), n_train + n_eval, &device);
     let query_x = gray(colour.clone());
 
     // 1. Tokenizer: 128 codes of 4×4×3 patches.
@@ -154,36 +152,41 @@ fn main() -> Result<()> {
     );
 
     // Sentences [x_demo, y_demo, x_query, y_query]: demo i is paired with query (i+1) mod count.
-    let sentence = |range: std::ops::Range<usize>| {
-        let m = range.len();
-        let idx: Vec<i64> = range.clone().map(|i| i as i64).collect();
-        let nxt: Vec<i64> = range
-            .clone()
-            .map(|i| (range.start + (i - range.start + 1) % m) as i64)
-            .collect();
-        let sel = |t: &Tensor<B, 2, Int>, ids: &Vec<i64>| {
-            t.clone().select(
-                0,
-                Tensor::<B, 1, Int>::from_data(TensorData::new(ids.clone(), [m]), &device),
-            )
-        };
-        let parts = [
-            sel(&codes_x, &idx),
-            sel(&codes_y, &idx),
-            sel(&codes_x, &nxt),
-            sel(&codes_y, &nxt),
-        ];
-        Tensor::cat(parts.to_vec(), 1).add_scalar(SPECIALS as i64)
+    let host = |t: &Tensor<B, 2, Int>| -> Vec<Vec<i64>> {
+        let v: Vec<i64> = t.to_data().iter::<i64>().collect();
+        v.chunks(n).map(<[i64]>::to_vec).collect()
     };
-    let train_seq = sentence(0..n_train);
-    let eval_seq = sentence(n_train..n_train + n_eval);
+    let (xs, ys) = (host(&codes_x), host(&codes_y));
+    let sentences = |range: std::ops::Range<usize>| -> Vec<TokenSentence> {
+        let m = range.len();
+        range
+            .clone()
+            .map(|i| {
+                let q = range.start + (i - range.start + 1) % m;
+                TokenSentence {
+                    prompt: [xs[i].clone(), ys[i].clone(), xs[q].clone()].concat(),
+                    target: ys[q].clone(),
+                }
+            })
+            .collect()
+    };
+    let to_tensor = |s: &[TokenSentence]| -> Tensor<B, 2, Int> {
+        let flat: Vec<i64> = s
+            .iter()
+            .flat_map(|t| t.prompt.iter().chain(&t.target).map(|c| c + SPECIALS as i64))
+            .collect();
+        Tensor::from_data(TensorData::new(flat, [s.len(), 4 * n]), &device)
+    };
+    let train_sentences = sentences(0..n_train);
+    let eval_sentences = sentences(n_train..n_train + n_eval);
+    let train_seq = to_tensor(&train_sentences);
 
     // 2. Backbone: next-token training, then frozen.
     let mut lm = TinyCausalLm::<AD>::new(tok.codebook_size(), 4 * n, 64, 2, &device);
     let mut opt = AdamWConfig::new().init();
     let ce = CrossEntropyLossConfig::new().init(&device);
     let batch = 16;
-    for step in 0..args.steps {
+    for step in 0..steps {
         let start = (step * batch) % n_train;
         let seq =
             Tensor::<AD, 2, Int>::from_inner(train_seq.clone().narrow(0, start, batch.min(n_train - start)));
@@ -192,7 +195,7 @@ fn main() -> Result<()> {
             .logits(seq.clone().narrow(1, 0, len - 1))
             .reshape([b * (len - 1), lm_vocab(&tok)]);
         let loss = ce.forward(logits, seq.narrow(1, 1, len - 1).reshape([b * (len - 1)]));
-        if step % 50 == 0 || step + 1 == args.steps {
+        if step % 50 == 0 || step + 1 == steps {
             println!("backbone step {step:4}: loss {:.3}", loss.clone().into_scalar());
         }
         let grads = GradientsParams::from_grads(loss.backward(), &lm);
@@ -200,84 +203,114 @@ fn main() -> Result<()> {
     }
     let lm = lm.valid();
 
-    // 3. Refiner pairs: greedy generations on training prompts vs the truth.
-    let sampling = Sampling::greedy();
-    let prompt_len = 3 * n;
-    let gen_codes = |seq: &Tensor<B, 2, Int>| -> Result<Tensor<B, 2, Int>> {
-        let prompt = seq.clone().narrow(1, 0, prompt_len);
-        Ok(ar_refine::ArBackbone::generate(&lm, prompt, n, &sampling)?.sub_scalar(SPECIALS as i64))
+    // 3. Refiner pairs: the backbone's greedy outputs (with its confidence) on training prompts:
+    //    128 to train on, 64 others to choose checkpoints and calibrate the gate.
+    let opts = PairOptions {
+        mode: PairMode::FreeRunning(Sampling::greedy()),
+        batch: 32,
+        cache: None,
+        config: serde_json::Value::Null,
     };
-    let pair_count = 128;
-    let generated = gen_codes(&train_seq.clone().narrow(0, 0, pair_count))?;
-    let truth = train_seq
-        .clone()
-        .narrow(0, 0, pair_count)
-        .narrow(1, prompt_len, n)
+    let train_pairs = generate_pairs(&lm, &train_sentences[..128], &opts, &device, &mut |_, _| {})?;
+    let val_pairs = generate_pairs(&lm, &train_sentences[128..192], &opts, &device, &mut |_, _| {})?;
+    let accuracy_of = |p: &Pairs| {
+        let right: usize = p
+            .generated
+            .iter()
+            .zip(&p.truth)
+            .map(|(g, t)| g.iter().zip(t).filter(|(a, b)| a == b).count())
+            .sum();
+        right as f64 / (p.len() * n) as f64
+    };
+    println!(
+        "refiner pairs: {} train + {} validation; backbone token accuracy on them {:.3} / {:.3}",
+        train_pairs.len(),
+        val_pairs.len(),
+        accuracy_of(&train_pairs),
+        accuracy_of(&val_pairs)
+    );
+    let book_ad = Codebook::<AD>::new(Tensor::from_inner(tok.book.codes().clone()), tok.metric())?;
+    let train = |preset: Preset| -> AnyResult<(TransformerRefiner<B>, Decision)> {
+        let cfg = preset
+            .config(tok.code_dim())
+            .with_d_model(64)
+            .with_n_layers(2)
+            .with_n_heads(4)
+            .with_max_grid(grid.rows.max(grid.cols));
+        let refiner = cfg.init_with_codebook(&book_ad, &device)?;
+        let mut tcfg = RefinerTrainConfig::new(refiner_steps, 16, 1e-3);
+        tcfg.loss = preset.loss();
+        tcfg.validate_every = (refiner_steps / 10).max(1);
+        let data = RefinerData {
+            codebook: &book_ad,
+            grid,
+            train: &train_pairs,
+            val: Some(&val_pairs),
+            devices: &[],
+            hidden: None,
+        };
+        let (refiner, state) = train_refiner(refiner, data, &tcfg, None, &mut |_| {})?;
+        let refiner = refiner.valid();
+        let decision = match preset.decision() {
+            Decision::Gate { .. } => calibrate_gate(&refiner, &tok.book, grid, &val_pairs, 32, None)?.0,
+            rule => rule,
+        };
+        println!(
+            "refiner {:>9}: {} parameters, training loss {:.4} -> {:.4}, best validation step {}, decision {decision:?}",
+            preset.name(),
+            refiner.param_count(),
+            state.losses.first().copied().unwrap_or(f32::NAN),
+            state.losses.last().copied().unwrap_or(f32::NAN),
+            state.extra["best"]["step"]
+        );
+        Ok((refiner, decision))
+    };
+    let (corrector, corrector_rule) = train(Preset::Corrector)?;
+    let (paper, paper_rule) = train(Preset::Paper)?;
+
+    // 4. The pipeline on held-out prompts, for both refiners.
+    let prompt = to_tensor(&eval_sentences).narrow(1, 0, 3 * n);
+    let truth = to_tensor(&eval_sentences)
+        .narrow(1, 3 * n, n)
         .sub_scalar(SPECIALS as i64);
-    println!(
-        "refiner pairs: {pair_count}, backbone token accuracy on them {:.3}",
-        accuracy(generated.clone(), truth.clone())
-    );
-
-    let cfg = TransformerRefinerConfig::new(tok.code_dim())
-        .with_d_model(64)
-        .with_n_layers(2)
-        .with_n_heads(4)
-        .with_max_grid(grid.rows.max(grid.cols));
-    let mut refiner = cfg.init::<AD>(&device)?;
-    println!("refiner: {} parameters", refiner.param_count());
-    let book_ad = ar_refine::Codebook::new(
-        Tensor::<AD, 2>::from_inner(tok.book.codes().clone()),
-        tok.metric(),
-    )?;
-    let mut opt = AdamWConfig::new().init();
-    for step in 0..args.steps {
-        let start = (step * batch) % pair_count;
-        let take = batch.min(pair_count - start);
-        let g = Tensor::<AD, 2, Int>::from_inner(generated.clone().narrow(0, start, take));
-        let t = Tensor::<AD, 2, Int>::from_inner(truth.clone().narrow(0, start, take));
-        let pred = refiner.refine(book_ad.embed(g)?, grid)?;
-        // The paper's cosine distance, plus a small MSE term that keeps the refined vectors'
-        // norms near the codes' (the snap back to the codebook is by squared L2).
-        let loss = RefinementLoss { mse_weight: 0.5 }.forward(pred, book_ad.embed(t)?, None)?;
-        if step % 50 == 0 || step + 1 == args.steps {
-            println!("refiner step {step:4}: loss {:.4}", loss.clone().into_scalar());
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &refiner);
-        refiner = opt.step(1e-3, refiner, grads);
-    }
-    let refiner = refiner.valid();
-
-    // 4. The pipeline on held-out prompts.
-    let pipeline = SelfRefinement::new(&lm, &tok, &refiner)?.with_sampling(sampling);
-    let out = pipeline.run_tokens(eval_seq.clone().narrow(1, 0, prompt_len))?;
-    let truth = eval_seq.narrow(1, prompt_len, n).sub_scalar(SPECIALS as i64);
     let truth_img = tok.decode(truth.clone())?;
-    println!(
-        "held-out ({n_eval} prompts): token accuracy backbone {:.3} -> refined {:.3}; PSNR vs tokenized truth backbone {:.2} dB -> refined {:.2} dB",
-        accuracy(out.generated_tokens.clone(), truth.clone()),
-        accuracy(out.refined_tokens.clone(), truth),
-        psnr(out.generated_images.clone(), truth_img.clone()),
-        psnr(out.refined_images.clone(), truth_img.clone()),
-    );
+    let run = |refiner: &TransformerRefiner<B>, rule: Decision| -> AnyResult<RefinementOutput<B>> {
+        let pipeline = SelfRefinement::new(&lm, &tok, refiner)?.with_decision(rule)?;
+        Ok(pipeline.run_tokens(prompt.clone())?)
+    };
+    let best = run(&corrector, corrector_rule)?;
+    let base = run(&paper, paper_rule)?;
+    println!("held-out ({n_eval} prompts), token accuracy / PSNR vs tokenized truth:");
+    for (name, tokens, images) in [
+        ("backbone", &best.generated_tokens, &best.generated_images),
+        ("paper refiner", &base.refined_tokens, &base.refined_images),
+        ("corrector", &best.refined_tokens, &best.refined_images),
+    ] {
+        println!(
+            "  {name:<14} {:.3} / {:.2} dB",
+            accuracy(tokens.clone(), truth.clone()),
+            psnr(images.clone(), truth_img.clone())
+        );
+    }
 
-    // Comparison grid: query input | backbone | refined | ground truth, 8 rows.
+    // Comparison grid: query input | backbone | paper refiner | corrector | ground truth, 8 rows.
     let queries = gray(colour.narrow(0, n_train, n_eval));
     let mut cells = Vec::new();
     for i in 0..8 {
         let q = queries.clone().narrow(0, (i + 1) % n_eval, 1);
         for t in [
             q,
-            out.generated_images.clone().narrow(0, i, 1),
-            out.refined_images.clone().narrow(0, i, 1),
+            best.generated_images.clone().narrow(0, i, 1),
+            base.refined_images.clone().narrow(0, i, 1),
+            best.refined_images.clone().narrow(0, i, 1),
             truth_img.clone().narrow(0, i, 1),
         ] {
             cells.push(t.squeeze_dim::<3>(0));
         }
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| ar_refine::Error::io(&args.out, e))?;
-    let path = args.out.join("comparison.png");
-    save_image_grid(cells, 4, &path)?;
+    std::fs::create_dir_all(&out_dir)?;
+    let path = out_dir.join("comparison.png");
+    save_image_grid(cells, 5, &path)?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod generate;
 mod llama;
 mod sampling;
+mod score;
 
 pub use generate::generate_by_forward;
 pub use llama::{
@@ -11,3 +12,5 @@ pub use llama::{
     LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback,
 };
 pub use sampling::Sampling;
+pub(crate) use score::token_scores;
+pub use score::{score_answers, AnswerScores};

@@ -18,6 +18,12 @@ use crate::error::{Error, Result};
 /// assert!((psnr(a, b).unwrap() - 20.0).abs() < 1e-4);
 /// ```
 pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
+    let per = psnr_per_image(a, b)?;
+    Ok(per.iter().sum::<f64>() / per.len().max(1) as f64)
+}
+
+/// [`psnr`] of every image of the batch `[b]`.
+pub fn psnr_per_image<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
     if a.dims() != b.dims() {
         return Err(Error::shape(
             "psnr second image",
@@ -27,7 +33,7 @@ pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
     }
     let n = a.dims()[0];
     let mse = read_f32((a - b).powi_scalar(2).reshape([n as i32, -1]).mean_dim(1))?;
-    let per: Vec<f64> = mse
+    Ok(mse
         .iter()
         .map(|m| {
             if *m <= 1e-10 {
@@ -36,8 +42,7 @@ pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
                 -10.0 * (*m as f64).log10()
             }
         })
-        .collect();
-    Ok(per.iter().sum::<f64>() / n.max(1) as f64)
+        .collect())
 }
 
 /// Fraction of equal ids between `a` and `b` (same shape).

@@ -1,12 +1,14 @@
-//! Reports: JSON, a Markdown table, a comparison grid and the per-position error plot.
+//! Reports: JSON, Markdown tables, a comparison grid and SVG plots (per-position error,
+//! accuracy against edit rate).
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Tensor};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{EvalImages, Evaluation};
+use super::evaluate::{Comparison, EvalImages, Interval, Metrics};
+use super::plot::{line_plot_svg, Series, PALETTE};
 use crate::error::{Error, Result};
 use crate::io::{rgb_to_tensor, save_image_grid, write_atomic};
 
@@ -19,10 +21,8 @@ pub struct EvalReport {
     pub k: usize,
     /// The command line (or description) that produced it.
     pub command: String,
-    /// Refiner parameter count.
-    pub refiner_params: usize,
     /// The measurements.
-    pub evaluation: Evaluation,
+    pub comparison: Comparison,
 }
 
 /// Files written by [`write_report`].
@@ -32,15 +32,17 @@ pub struct ReportFiles {
     pub json: PathBuf,
     /// `report.md`.
     pub markdown: PathBuf,
-    /// `comparison.png`: query input | backbone | refined | reference, one row per sample.
+    /// `comparison.png`: query input | backbone | each method | reference, one row per sample.
     pub grid: PathBuf,
-    /// `position_error.png`: mean cosine distance per position, backbone (red) vs refined (blue).
+    /// `position_error.svg`: mean cosine distance per position, backbone and methods.
     pub plot: PathBuf,
+    /// `gate.svg`: token accuracy against edit rate for methods with a gate curve.
+    pub gate_plot: Option<PathBuf>,
 }
 
 /// Writes `reports` (e.g. one per K) to `dir`: JSON, Markdown, and for the first report the
-/// comparison grid (with `queries`, the query input images of the kept samples) and the
-/// per-position plot. All files are written atomically.
+/// comparison grid (with `queries`, the query input images of the kept samples) and the plots.
+/// All files are written atomically.
 pub fn write_report<B: Backend>(
     dir: impl AsRef<Path>,
     reports: &[EvalReport],
@@ -52,11 +54,13 @@ pub fn write_report<B: Backend>(
         .first()
         .ok_or_else(|| Error::Config("no reports to write".into()))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let has_gate = first.comparison.methods.iter().any(|m| !m.gate_curve.is_empty());
     let files = ReportFiles {
         json: dir.join("report.json"),
         markdown: dir.join("report.md"),
         grid: dir.join("comparison.png"),
-        plot: dir.join("position_error.png"),
+        plot: dir.join("position_error.svg"),
+        gate_plot: has_gate.then(|| dir.join("gate.svg")),
     };
     let json = serde_json::to_vec_pretty(reports).map_err(|e| Error::Config(e.to_string()))?;
     write_atomic(&files.json, &json)?;
@@ -65,102 +69,143 @@ pub fn write_report<B: Backend>(
     let m = images.backbone.dims()[0].min(queries.len());
     let [_, _, h, w] = images.backbone.dims();
     let device = images.backbone.device();
+    let columns: Vec<&Tensor<B, 4>> = std::iter::once(&images.backbone)
+        .chain(&images.methods)
+        .chain(std::iter::once(&images.truth))
+        .collect();
     let mut tiles: Vec<Tensor<B, 3>> = Vec::new();
     for (i, query) in queries.iter().enumerate().take(m) {
         let q = image::imageops::resize(query, w as u32, h as u32, image::imageops::FilterType::Triangle);
         tiles.push(rgb_to_tensor::<B>(&q, &device));
-        for t in [&images.backbone, &images.refined, &images.truth] {
-            tiles.push(t.clone().narrow(0, i, 1).squeeze_dim::<3>(0).clamp(0.0, 1.0));
+        for t in &columns {
+            tiles.push((*t).clone().narrow(0, i, 1).squeeze_dim::<3>(0).clamp(0.0, 1.0));
         }
     }
     if !tiles.is_empty() {
-        save_image_grid(tiles, 4, &files.grid)?;
+        save_image_grid(tiles, columns.len() + 1, &files.grid)?;
     }
-    let plot = line_plot(&[
-        (&first.evaluation.curve_backbone, [200, 40, 40]),
-        (&first.evaluation.curve_refined, [40, 70, 200]),
-    ]);
-    let mut bytes = Vec::new();
-    plot.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|source| Error::Image {
-            path: files.plot.clone(),
-            source,
-        })?;
-    write_atomic(&files.plot, &bytes)?;
+    let c = &first.comparison;
+    let curve = |v: &[f64]| v.iter().enumerate().map(|(i, y)| ((i + 1) as f64, *y)).collect();
+    let mut series = vec![Series {
+        label: "backbone".into(),
+        colour: PALETTE[0].into(),
+        points: curve(&c.backbone.curve),
+    }];
+    for (i, m) in c.methods.iter().enumerate() {
+        series.push(Series {
+            label: m.name.clone(),
+            colour: PALETTE[(i + 1) % PALETTE.len()].into(),
+            points: curve(&m.curve),
+        });
+    }
+    let title = format!(
+        "{}, K = {}: error per position ({} samples)",
+        first.task, first.k, c.samples
+    );
+    let svg = line_plot_svg(
+        &title,
+        "token position (raster order)",
+        "mean cosine distance to the truth",
+        &series,
+    );
+    write_atomic(&files.plot, svg.as_bytes())?;
+    if let Some(path) = &files.gate_plot {
+        let series: Vec<Series> = c
+            .methods
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.gate_curve.is_empty())
+            .map(|(i, m)| Series {
+                label: m.name.clone(),
+                colour: PALETTE[(i + 1) % PALETTE.len()].into(),
+                points: m.gate_curve.iter().map(|p| (p.edit_rate, p.accuracy)).collect(),
+            })
+            .collect();
+        let title = format!(
+            "{}, K = {}: the gate's threshold from 1 (left) to 0 (backbone acc {:.3})",
+            first.task, first.k, c.backbone.metrics.token_accuracy
+        );
+        let svg = line_plot_svg(
+            &title,
+            "edit rate (fraction of tokens changed)",
+            "token accuracy",
+            &series,
+        );
+        write_atomic(path, svg.as_bytes())?;
+    }
     Ok(files)
 }
 
-/// The Markdown table of `reports`.
+fn interval(i: &Interval, digits: usize) -> String {
+    format!("{:+.d$} [{:+.d$}, {:+.d$}]", i.mean, i.lo, i.hi, d = digits)
+}
+
+fn with_std(mean: f64, std: f64, digits: usize, seeds: usize) -> String {
+    if seeds > 1 {
+        format!("{mean:.d$} ± {std:.d$}", d = digits)
+    } else {
+        format!("{mean:.d$}", d = digits)
+    }
+}
+
+/// The Markdown tables of `reports`: one per report, a row per method.
 pub fn markdown(reports: &[EvalReport]) -> String {
-    let mut s = String::from("# Refinement evaluation\n\n");
-    s.push_str("| task | K | samples | model | token acc | PSNR dB | SSIM | cos-dist area (all) | area (last third) |\n");
-    s.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut s = String::from("# Refinement evaluation\n");
     for r in reports {
-        let e = &r.evaluation;
-        for (name, m) in [("backbone", &e.backbone), ("+ refiner", &e.refined)] {
+        let c = &r.comparison;
+        s.push_str(&format!(
+            "\n## {} K = {} ({} samples; images compared with the {}; intervals: 95 % bootstrap over images, {} resamples)\n\n",
+            r.task, r.k, c.samples, c.reference, c.bootstrap
+        ));
+        s.push_str("| method | rule | token acc | Δ acc [95 % CI] | PSNR dB | Δ PSNR [95 % CI] | PSNR vs decoded truth | SSIM | top-5 | changed / fixed / broken | distinct codes | refine ms/sample |\n");
+        s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        let top5 = |m: &Metrics| m.top5_accuracy.map_or("–".into(), |v| format!("{v:.4}"));
+        let b = &c.backbone.metrics;
+        s.push_str(&format!(
+            "| backbone | – | {:.4} | – | {:.2} | – | {:.2} | {:.4} | {} | – | {} / truth {} | – |\n",
+            b.token_accuracy,
+            b.psnr,
+            b.psnr_decoded,
+            b.ssim,
+            top5(b),
+            c.backbone.distinct,
+            c.distinct_truth
+        ));
+        for m in &c.methods {
+            let seeds = m.per_seed.len();
             s.push_str(&format!(
-                "| {} | {} | {} | {name} | {:.4} | {:.2} | {:.4} | {:.2} | {:.2} |\n",
-                r.task, r.k, e.samples, m.token_accuracy, m.psnr, m.ssim, m.cos_area, m.cos_area_last_third
+                "| {}{} | {} | {} | {} | {} | {} | {:.2} | {:.4} | {} | {:.4} / {:.4} / {:.4} | {} | {:.2} |\n",
+                m.name,
+                if seeds > 1 { format!(" ({seeds} seeds)") } else { String::new() },
+                m.decision,
+                with_std(m.metrics.token_accuracy, m.std.token_accuracy, 4, seeds),
+                interval(&m.delta.token_accuracy, 4),
+                with_std(m.metrics.psnr, m.std.psnr, 2, seeds),
+                interval(&m.delta.psnr, 3),
+                m.metrics.psnr_decoded,
+                m.metrics.ssim,
+                top5(&m.metrics),
+                m.changes.changed,
+                m.changes.fixed,
+                m.changes.broken,
+                m.changes.distinct,
+                m.refine_ms_per_sample
             ));
         }
     }
-    s.push_str("\nWhat the refiner changed (fractions of all tokens; distinct codes backbone / refined / truth):\n\n");
-    for r in reports {
-        let c = &r.evaluation.changes;
-        s.push_str(&format!(
-            "- {} K = {}: changed {:.4}, fixed {:.4}, broken {:.4}; distinct codes {} / {} / {}\n",
-            r.task,
-            r.k,
-            c.changed,
-            c.fixed,
-            c.broken,
-            c.distinct_backbone,
-            c.distinct_refined,
-            c.distinct_truth
-        ));
-    }
     if let Some(r) = reports.first() {
         s.push_str(&format!(
-            "\nImages are compared with the {}. Refiner: {} parameters, {:.2} ms per sample \
-             (embed + refine + nearest code). `position_error.png`: mean cosine distance per token \
-             position (x: position 1..{}, y: 0..max), backbone red, refined blue. \
-             `comparison.png` rows: query input | backbone | refined | reference.\n\nCommand: `{}`\n",
-            r.evaluation.reference,
-            r.refiner_params,
-            r.evaluation.refine_ms_per_sample,
-            r.evaluation.tokens,
+            "\nΔ: method − backbone on the same cached backbone outputs, per image, averaged over seeds. \
+             `comparison.png` rows: query input | backbone | {} | reference. \
+             `position_error.svg`: mean cosine distance per token position.\n\nCommand: `{}`\n",
+            r.comparison
+                .methods
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
             r.command
         ));
     }
     s
-}
-
-/// A 640×360 line plot of `series` (values ≥ 0) on shared axes; no text.
-fn line_plot(series: &[(&Vec<f64>, [u8; 3])]) -> RgbImage {
-    let (w, h, pad) = (640u32, 360u32, 24u32);
-    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    let black = Rgb([0, 0, 0]);
-    for x in pad..w - pad {
-        img.put_pixel(x, h - pad, black);
-    }
-    for y in pad..h - pad {
-        img.put_pixel(pad, y, black);
-    }
-    let max = series
-        .iter()
-        .flat_map(|(v, _)| v.iter().copied())
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    for (v, colour) in series {
-        let n = v.len().max(2);
-        let pt = |i: usize| {
-            let x = pad as f32 + (w - 2 * pad) as f32 * i as f32 / (n - 1) as f32;
-            let y = (h - pad) as f32 - (h - 2 * pad) as f32 * (v[i] / max) as f32;
-            (x, y)
-        };
-        for i in 1..v.len() {
-            imageproc::drawing::draw_line_segment_mut(&mut img, pt(i - 1), pt(i), Rgb(*colour));
-        }
-    }
-    img
 }

@@ -23,6 +23,12 @@ const RADIUS: usize = 5; // 11×11 window: scipy's gaussian_filter with truncate
 /// assert!((ssim(a.clone(), a).unwrap() - 1.0).abs() < 1e-6);
 /// ```
 pub fn ssim<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
+    let per = ssim_per_image(a, b)?;
+    Ok(per.iter().sum::<f64>() / per.len().max(1) as f64)
+}
+
+/// [`ssim`] of every image of the batch `[b]` (mean over its channels).
+pub fn ssim_per_image<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
     if a.dims() != b.dims() {
         return Err(Error::shape(
             "ssim second image",
@@ -36,16 +42,16 @@ pub fn ssim<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
     }
     let (x, y) = (read_f32(a)?, read_f32(b)?);
     let plane = h * w;
-    let mut total = 0.0;
+    let mut out = vec![0.0; n];
     for p in 0..n * c {
-        total += ssim_plane(
+        out[p / c] += ssim_plane(
             &x[p * plane..(p + 1) * plane],
             &y[p * plane..(p + 1) * plane],
             h,
             w,
-        );
+        ) / c as f64;
     }
-    Ok(total / (n * c) as f64)
+    Ok(out)
 }
 
 fn ssim_plane(x: &[f32], y: &[f32], h: usize, w: usize) -> f64 {

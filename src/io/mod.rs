@@ -3,11 +3,13 @@
 mod atomic;
 mod checksum;
 mod image;
+mod module;
 mod pytorch;
 mod safetensors;
 mod source;
 
 pub use self::image::{load_image, rgb_to_tensor, save_image, save_image_grid, tensor_to_rgb};
+pub use self::module::{load_module_tensors, module_tensors, NamedTensor};
 pub use self::pytorch::PytorchFile;
 pub use self::safetensors::{
     save_safetensors, save_safetensors_with_metadata, KeyReport, SafetensorsFile, StoreDtype,

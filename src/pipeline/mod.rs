@@ -3,21 +3,23 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 
-use crate::backbone::Sampling;
+use crate::backbone::{score_answers, Sampling};
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims};
 use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
-use crate::traits::{ArBackbone, Refiner, Tokenizer};
+use crate::refiner::Decision;
+use crate::traits::{ArBackbone, Confidence, PromptContext, RefineInput, RefineOutput, Refiner, Tokenizer};
 
 /// What one pipeline run returns: the backbone's output and the refined output side by side.
 #[derive(Clone, Debug)]
 pub struct RefinementOutput<B: Backend> {
     /// Code ids the backbone generated `[b, n]` (codebook ids, `0..K`).
     pub generated_tokens: Tensor<B, 2, Int>,
-    /// Code ids after refinement and nearest-code decoding `[b, n]`.
+    /// Code ids after refinement and the decision rule `[b, n]`.
     pub refined_tokens: Tensor<B, 2, Int>,
-    /// The refiner's continuous output `[b, n, D]`.
-    pub refined_embeddings: Tensor<B, 3>,
+    /// What the refiner returned: embeddings `[b, n, D]`, code logits `[b, n, K]` and a critic
+    /// `[b, n]` when it has them.
+    pub refined: RefineOutput<B>,
     /// `generated_tokens` decoded `[b, 3, H, W]`.
     pub generated_images: Tensor<B, 4>,
     /// `refined_tokens` decoded `[b, 3, H, W]`.
@@ -26,9 +28,12 @@ pub struct RefinementOutput<B: Backend> {
 
 /// Visual self-refinement around a frozen backbone (Wang et al., 2025, Fig. 1).
 ///
-/// The backbone generates one image's tokens after the prompt; their code embeddings go
-/// through the refiner; each refined embedding snaps to its nearest code; the tokenizer decodes
-/// both token sets. Components are borrowed as trait objects, so they can be chosen at run time.
+/// The backbone generates one image's tokens after the prompt; their code embeddings (with
+/// whatever else the refiner [reads](Refiner::needs): the prompt's last images, the backbone's
+/// confidence and hidden states from one teacher-forced pass) go through the refiner; a
+/// [`Decision`] turns its output into codes (default: argmax for a refiner with code logits,
+/// else the paper's nearest-code snap); the tokenizer decodes both token sets. Components are
+/// borrowed as trait objects, so they can be chosen at run time.
 ///
 /// ```ignore
 /// let pipeline = SelfRefinement::new(&backbone, &tokenizer, &refiner)?
@@ -43,6 +48,7 @@ pub struct SelfRefinement<'m, B: Backend> {
     tokenizer: &'m dyn Tokenizer<B>,
     refiner: &'m dyn Refiner<B>,
     sampling: Sampling,
+    decision: Option<Decision>,
     /// The tokenizer's codes searched by cosine similarity: refined embeddings snap here.
     snap: Codebook<B>,
 }
@@ -68,6 +74,7 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
             tokenizer,
             refiner,
             sampling: Sampling::greedy(),
+            decision: None,
             snap: tokenizer.codebook().with_metric(Metric::Cosine)?,
         })
     }
@@ -76,6 +83,14 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
     pub fn with_sampling(mut self, sampling: Sampling) -> Self {
         self.sampling = sampling;
         self
+    }
+
+    /// Sets the decision rule (e.g. the calibrated gate saved with a refiner,
+    /// [`crate::refiner::LoadedRefiner::decision`]).
+    pub fn with_decision(mut self, decision: Decision) -> Result<Self> {
+        decision.validate()?;
+        self.decision = Some(decision);
+        Ok(self)
     }
 
     /// Tokenizes images and concatenates them into one visual sentence of vocabulary ids
@@ -112,13 +127,76 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
         Ok(Tensor::cat(blocks, 1))
     }
 
-    /// Refines code ids `[b, n]` (`n` = the tokenizer's grid): returns the refined ids `[b, n]`
-    /// and the refined embeddings `[b, n, D]`. Refined embeddings snap to the code of highest
-    /// cosine similarity, whatever the tokenizer's own metric: the refiner is trained with the
-    /// cosine distance, which leaves the norm of its outputs free, so a Euclidean search would
-    /// depend on a quantity nobody trained (on the small LVM, Euclidean snapping halved the
-    /// token accuracy, `docs/tiny-lvm/RESULTS.md`).
-    pub fn refine_codes(&self, codes: Tensor<B, 2, Int>) -> Result<(Tensor<B, 2, Int>, Tensor<B, 3>)> {
+    /// Refines the backbone's code ids `[b, n]` (`n` = the tokenizer's grid) generated after
+    /// `prompt` (vocabulary ids `[b, p]`): builds the refiner's input (the prompt's last images,
+    /// the backbone's confidence and hidden states when it reads them), runs it and applies the
+    /// decision rule. Returns the refined ids `[b, n]` and the refiner's output. Refined
+    /// embeddings snap to the code of highest cosine similarity, whatever the tokenizer's own
+    /// metric: the paper's cosine loss leaves the norm of its outputs free, so a Euclidean search
+    /// would depend on a quantity nobody trained (`docs/tiny-lvm/RESULTS.md`).
+    pub fn refine_answer(
+        &self,
+        prompt: Tensor<B, 2, Int>,
+        codes: Tensor<B, 2, Int>,
+    ) -> Result<(Tensor<B, 2, Int>, RefineOutput<B>)> {
+        let grid = self.tokenizer.grid();
+        let n = grid.len();
+        let [b, p] = prompt.dims();
+        expect_dims(
+            "codes to refine",
+            &format!("[{b}, {n}]"),
+            &codes.dims(),
+            &[Some(b), Some(n)],
+        )?;
+        let needs = self.refiner.needs();
+        let offset = self.backbone.image_token_ids().start as i64;
+        let mut input = RefineInput::new(codes.clone(), self.tokenizer.embed(codes.clone())?, grid);
+        if needs.prompt_images > 0 {
+            let m = needs.prompt_images;
+            if p < m * n {
+                return Err(Error::Config(format!(
+                    "the refiner reads the prompt's last {m} images ({} tokens); the prompt has {p}",
+                    m * n
+                )));
+            }
+            let last = prompt.clone().narrow(1, p - m * n, m * n);
+            ensure_ids_in(
+                &last,
+                offset..offset + self.tokenizer.codebook_size() as i64,
+                "prompt images",
+            )?;
+            input = input.with_prompt(PromptContext {
+                embeddings: self.tokenizer.embed(last.sub_scalar(offset))?,
+                images: m,
+            });
+        }
+        if needs.confidence || needs.hidden {
+            let scores = score_answers(
+                self.backbone,
+                prompt,
+                codes.clone().add_scalar(offset),
+                1,
+                needs.hidden,
+            )?;
+            if needs.confidence {
+                input = input.with_confidence(Confidence {
+                    log_prob: scores.log_prob,
+                    entropy: scores.entropy,
+                });
+            }
+            if let Some(h) = scores.hidden {
+                input = input.with_hidden(h);
+            }
+        }
+        let out = self.refiner.refine(input)?;
+        let rule = self.decision.unwrap_or_else(|| Decision::natural(&out));
+        let ids = rule.decide(&out, &codes, &self.snap)?;
+        Ok((ids, out))
+    }
+
+    /// Refines code ids `[b, n]` with a refiner that reads the answer alone (see
+    /// [`refine_answer`](Self::refine_answer) for the others).
+    pub fn refine_codes(&self, codes: Tensor<B, 2, Int>) -> Result<(Tensor<B, 2, Int>, RefineOutput<B>)> {
         let grid = self.tokenizer.grid();
         expect_dims(
             "codes to refine",
@@ -126,17 +204,23 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
             &codes.dims(),
             &[None, Some(grid.len())],
         )?;
-        let embeddings = self.tokenizer.embed(codes)?;
-        let refined = self.refiner.refine(embeddings, grid)?;
-        let ids = self.snap.nearest(refined.clone())?;
-        Ok((ids, refined))
+        let needs = self.refiner.needs();
+        if needs != Default::default() {
+            return Err(Error::Config(format!(
+                "the refiner reads more than the answer ({needs:?}): use refine_answer with the prompt"
+            )));
+        }
+        let input = RefineInput::new(codes.clone(), self.tokenizer.embed(codes.clone())?, grid);
+        let out = self.refiner.refine(input)?;
+        let rule = self.decision.unwrap_or_else(|| Decision::natural(&out));
+        Ok((rule.decide(&out, &codes, &self.snap)?, out))
     }
 
     /// Runs the whole pipeline on a prompt of vocabulary ids `[b, p]`.
     pub fn run_tokens(&self, prompt: Tensor<B, 2, Int>) -> Result<RefinementOutput<B>> {
         let n = self.tokenizer.grid().len();
         let ids = self.backbone.image_token_ids();
-        let generated = self.backbone.generate(prompt, n, &self.sampling)?;
+        let generated = self.backbone.generate(prompt.clone(), n, &self.sampling)?;
         let b = generated.dims()[0];
         expect_dims(
             "backbone generate output",
@@ -150,13 +234,13 @@ impl<'m, B: Backend> SelfRefinement<'m, B> {
             "generated tokens (image-token ids)",
         )?;
         let generated_tokens = generated.sub_scalar(ids.start as i64);
-        let (refined_tokens, refined_embeddings) = self.refine_codes(generated_tokens.clone())?;
+        let (refined_tokens, refined) = self.refine_answer(prompt, generated_tokens.clone())?;
         Ok(RefinementOutput {
             generated_images: self.tokenizer.decode(generated_tokens.clone())?,
             refined_images: self.tokenizer.decode(refined_tokens.clone())?,
             generated_tokens,
             refined_tokens,
-            refined_embeddings,
+            refined,
         })
     }
 

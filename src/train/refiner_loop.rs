@@ -13,14 +13,17 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{checkpoint_due, resume, save_checkpoint, TrainState};
 use super::clip::clip_grad_norm;
 use super::data_parallel::{exclusive_run, Peer};
-use super::loss::RefinementLoss;
-use super::pairs::Pairs;
+use super::pairs::{HiddenSource, Pairs};
 use super::schedule::WarmupCosine;
-use crate::checks::{read_data, read_f32};
+use crate::checks::{read_data, read_f32, read_i64};
 use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
+use crate::io::{
+    load_module_tensors, module_tensors, save_safetensors, write_atomic, SafetensorsFile, StoreDtype,
+};
+use crate::refiner::{Decision, GatePoint, GateScores, GateTable, RefinementLoss};
 use crate::rng::SplitMix64;
-use crate::traits::{Refiner, TokenGrid};
+use crate::traits::{RefineInput, Refiner, TokenGrid};
 
 /// Settings of [`train_refiner`].
 ///
@@ -41,8 +44,16 @@ pub struct RefinerTrainConfig {
     pub weight_decay: f32,
     /// Global gradient-norm clip.
     pub grad_clip: Option<f64>,
-    /// The loss: cosine distance (+ optional MSE).
+    /// The loss (default: the paper's cosine distance).
     pub loss: RefinementLoss,
+    /// The rule that turns the refiner's output into codes for the validation token accuracy
+    /// (`None`: argmax with code logits, else the nearest-code snap).
+    #[serde(default)]
+    pub decision: Option<Decision>,
+    /// Return (and keep in the checkpoint directory as `best.safetensors`) the weights of the
+    /// validation step with the highest token accuracy, not the last step's.
+    #[serde(default = "yes")]
+    pub keep_best: bool,
     /// Validation period in steps (when validation pairs are given).
     pub validate_every: usize,
     /// Checkpoint period in steps (when a directory is given).
@@ -62,11 +73,17 @@ impl RefinerTrainConfig {
             weight_decay: 0.01,
             grad_clip: Some(1.0),
             loss: RefinementLoss::default(),
+            decision: None,
+            keep_best: true,
             validate_every: 200,
             checkpoint_every: 500,
             seed: 0,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What [`train_refiner`] reports after every step.
@@ -80,6 +97,8 @@ pub struct RefinerStepReport {
     pub loss: f32,
     /// Validation loss, on steps where it was computed.
     pub val_loss: Option<f32>,
+    /// Validation token accuracy (under the configured decision rule), on those steps.
+    pub val_accuracy: Option<f32>,
     /// Learning rate.
     pub lr: f64,
     /// Tokens per second since the start (or resume).
@@ -88,30 +107,103 @@ pub struct RefinerStepReport {
     pub eta: Duration,
 }
 
-/// The mean loss of `refiner` over `pairs` (in batches of `batch`), without gradients.
-pub fn refiner_loss<B: Backend, M: Refiner<B>>(
+/// A refiner's mean loss and token accuracy over some pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Mean loss per pair.
+    pub loss: f32,
+    /// Fraction of codes equal to the truth after the decision rule.
+    pub accuracy: f32,
+}
+
+/// Builds `idx`'s [`RefineInput`] for `refiner` (with hidden states from `hidden` when it reads
+/// them) and the true codes.
+pub(crate) fn pair_input<B: Backend, R: Refiner<B> + ?Sized>(
+    refiner: &R,
+    pairs: &Pairs,
+    idx: &[usize],
+    codebook: &Codebook<B>,
+    grid: TokenGrid,
+    hidden: Option<&dyn HiddenSource<B>>,
+) -> Result<(RefineInput<B>, Tensor<B, 2, burn::tensor::Int>)> {
+    let needs = refiner.needs();
+    let device = codebook.device();
+    let (mut input, truth) = pairs.input::<B>(idx, codebook, grid, needs, &device)?;
+    if needs.hidden {
+        let source = hidden.ok_or_else(|| {
+            Error::Config("the refiner reads the backbone's hidden states: give a HiddenSource".into())
+        })?;
+        input = input.with_hidden(source.hidden(pairs, idx, &device)?);
+    }
+    Ok((input, truth))
+}
+
+/// The mean loss and the token accuracy (under `decision`, or the refiner's natural rule) of
+/// `refiner` over `pairs`, in batches of `batch`, without gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_refiner<B: Backend, M: Refiner<B>>(
     refiner: &M,
     codebook: &Codebook<B>,
     grid: TokenGrid,
     pairs: &Pairs,
     loss: &RefinementLoss,
+    decision: Option<Decision>,
     batch: usize,
-) -> Result<f32> {
-    let device = codebook.device();
-    let mut total = 0.0;
+    hidden: Option<&dyn HiddenSource<B>>,
+) -> Result<Validation> {
+    let prepared = loss.prepare(codebook)?;
+    let (mut total, mut right, mut count) = (0.0f64, 0usize, 0usize);
     for s in (0..pairs.len()).step_by(batch.max(1)) {
         let idx: Vec<usize> = (s..(s + batch.max(1)).min(pairs.len())).collect();
-        let (g, t) = pairs.batch::<B>(&idx, &device)?;
-        let pred = refiner.refine(codebook.embed(g)?, grid)?;
-        total += read_f32(loss.forward(pred, codebook.embed(t)?, None)?)?[0] as f64 * idx.len() as f64;
+        let (input, truth) = pair_input(refiner, pairs, &idx, codebook, grid, hidden)?;
+        let own = input.codes.clone();
+        let out = refiner.refine(input)?;
+        total += read_f32(prepared.forward(&out, &own, &truth)?)?[0] as f64 * idx.len() as f64;
+        let rule = decision.unwrap_or_else(|| Decision::natural(&out));
+        let ids = read_i64(rule.decide(&out, &own, codebook)?)?;
+        let truth = read_i64(truth)?;
+        right += ids.iter().zip(&truth).filter(|(a, b)| a == b).count();
+        count += truth.len();
     }
-    Ok((total / pairs.len().max(1) as f64) as f32)
+    Ok(Validation {
+        loss: (total / pairs.len().max(1) as f64) as f32,
+        accuracy: right as f32 / count.max(1) as f32,
+    })
+}
+
+/// Chooses the gate's margin and threshold for `refiner` on validation `pairs` (never on the
+/// pairs you report): the [`GateTable::calibrate`] point of highest token accuracy, ties to
+/// fewer edits. Returns the rule and what it does on `pairs`.
+pub fn calibrate_gate<B: Backend, M: Refiner<B>>(
+    refiner: &M,
+    codebook: &Codebook<B>,
+    grid: TokenGrid,
+    pairs: &Pairs,
+    batch: usize,
+    hidden: Option<&dyn HiddenSource<B>>,
+) -> Result<(Decision, GatePoint)> {
+    let mut table = GateTable::default();
+    for s in (0..pairs.len()).step_by(batch.max(1)) {
+        let idx: Vec<usize> = (s..(s + batch.max(1)).min(pairs.len())).collect();
+        let (input, _) = pair_input(refiner, pairs, &idx, codebook, grid, hidden)?;
+        let own = input.codes.clone();
+        let out = refiner.refine(input)?;
+        table.extend(GateScores::compute(&out, &own, codebook)?.to_host(&own)?);
+    }
+    let truth: Vec<i64> = pairs.truth.iter().flatten().copied().collect();
+    let best = table.calibrate(&truth);
+    let rule = Decision::Gate {
+        margin: best.margin,
+        threshold: best.threshold,
+    };
+    Ok((rule, best))
 }
 
 /// What [`train_refiner`] trains on: the tokenizer's codebook (fixed; it embeds the codes), the
-/// token grid, the training and optional validation pairs, and the devices to train on.
+/// token grid, the training and optional validation pairs, the devices to train on, and where
+/// hidden states come from for refiners that read them.
 #[derive(Clone, Copy)]
-pub struct RefinerData<'a, B: Backend> {
+pub struct RefinerData<'a, B: AutodiffBackend> {
     /// The codebook `[K, D]` on the training backend.
     pub codebook: &'a Codebook<B>,
     /// The token grid of one image (`n = rows · cols` tokens per pair).
@@ -123,17 +215,23 @@ pub struct RefinerData<'a, B: Backend> {
     /// Devices to train on. Empty: the codebook's device. Two or more: data-parallel training,
     /// one replica per device (see [`train_refiner`]).
     pub devices: &'a [B::Device],
+    /// The backbone's hidden states, for refiners that read them (one device only).
+    pub hidden: Option<&'a dyn HiddenSource<B::InnerBackend>>,
 }
 
-/// Trains `refiner` on `data.train` pairs: embeddings of the generated codes in, embeddings of the
-/// ground truth as the target, `cfg.loss` (cosine distance) between them. The backbone never
-/// enters the graph (pairs are precomputed) and the codebook is fixed.
+/// Trains `refiner` on `data.train` pairs: the backbone's answer (and whatever else the refiner
+/// [reads](Refiner::needs): prompt images, confidence, hidden states) in, `cfg.loss` against the
+/// ground truth. The backbone never enters the graph (pairs are precomputed; hidden states come
+/// from `data.hidden` without gradients) and the codebook is fixed.
 ///
 /// With `checkpoints`, refiner weights, AdamW state, sampler state, step and loss history are
 /// saved there every `checkpoint_every` steps and at the end (atomically), and a run that finds
 /// a checkpoint resumes from it: on the CPU backend the resumed loss curve equals the
-/// uninterrupted one. With validation pairs, the validation loss is computed every `validate_every` steps
-/// and kept in the state's `extra.val`. Returns the trained refiner and the final state.
+/// uninterrupted one. With validation pairs, the validation loss and token accuracy are computed
+/// every `validate_every` steps and kept in the state's `extra.val` (`[step, loss, accuracy]`);
+/// with `cfg.keep_best` the weights of the most accurate validation step are returned (and kept
+/// as `best.safetensors` beside the checkpoints, so a resumed run still knows them), the step in
+/// `extra.best`. Returns the refiner and the final state.
 ///
 /// **Several devices** (`data.devices`, e.g. two CUDA GPUs): one replica per device, each in its
 /// own thread. Every step draws the same global batch of `batch_size` pairs as one device would,
@@ -163,8 +261,13 @@ where
         train,
         val,
         devices,
+        hidden,
     } = data;
     cfg.schedule.validate()?;
+    cfg.loss.validate()?;
+    if let Some(d) = cfg.decision {
+        d.validate()?;
+    }
     if train.is_empty() || train.tokens() != grid.len() {
         return Err(Error::Config(format!(
             "training pairs must be non-empty with {} tokens each (the grid), got {} pairs of {}",
@@ -190,6 +293,11 @@ where
             devices.len()
         )));
     }
+    if devices.len() > 1 && refiner.needs().hidden {
+        return Err(Error::Config(
+            "refiners that read the backbone's hidden states train on one device".into(),
+        ));
+    }
     if devices.len() > 1 && !cfg!(feature = "multi-device") {
         return Err(Error::Config(format!(
             "training on {} devices needs ar-refine's `multi-device` feature",
@@ -207,7 +315,7 @@ where
         identity: serde_json::json!({ "train": cfg, "params": refiner.num_params(), "grid": grid }),
     };
     if devices.len() == 1 {
-        return job.train::<B, M>(0, None, refiner, &devices[0], on_step);
+        return job.train::<B, M>(0, None, refiner, &devices[0], hidden, on_step);
     }
     let _one_run = exclusive_run();
     let n = devices.len();
@@ -222,12 +330,12 @@ where
             .map(|(i, device)| {
                 let replica = refiner.clone();
                 s.spawn(move || {
-                    job.train::<B, M>(i + 1, Some(n), replica, device, &mut |_| {})
+                    job.train::<B, M>(i + 1, Some(n), replica, device, None, &mut |_| {})
                         .map(|_| ())
                 })
             })
             .collect();
-        let first = job.train::<B, M>(0, Some(n), refiner, &devices[0], on_step);
+        let first = job.train::<B, M>(0, Some(n), refiner, &devices[0], None, on_step);
         let mut errors = Vec::new();
         for (i, w) in workers.into_iter().enumerate() {
             match w.join() {
@@ -286,6 +394,7 @@ impl Job<'_> {
         peers: Option<usize>,
         refiner: M,
         device: &B::Device,
+        hidden: Option<&dyn HiddenSource<B::InnerBackend>>,
         on_step: &mut dyn FnMut(&RefinerStepReport),
     ) -> Result<(M, TrainState)>
     where
@@ -310,7 +419,12 @@ impl Job<'_> {
             let mut state = TrainState::start(self.identity.clone(), cfg.seed);
             state.extra = serde_json::json!({ "val": [] });
             let (model, optim, state) = resume(self.checkpoints, refiner.fork(device), optim, state, device)?;
-            Ok((book, inner_book, model, optim, state))
+            let loss = cfg.loss.prepare(&book)?;
+            let best = match (rank, self.checkpoints) {
+                (0, Some(dir)) if cfg.keep_best => load_best(dir, model.clone(), &self.identity, device)?,
+                _ => None,
+            };
+            Ok((book, inner_book, model, optim, state, loss, best))
         };
         let set = setup();
         if let Some(p) = peer {
@@ -324,7 +438,10 @@ impl Job<'_> {
                 });
             }
         }
-        let (book, inner_book, mut model, mut optim, mut state) = set?;
+        let (book, inner_book, mut model, mut optim, mut state, prepared, mut best) = set?;
+        // hidden states come from the inner backend, without gradients
+        let hidden_ad = hidden.map(|h| FromInner { inner: h });
+        let hidden_ad = hidden_ad.as_ref().map(|h| h as &dyn HiddenSource<B>);
         let mut rng = SplitMix64::new(state.rng);
         let start = Instant::now();
         let first = state.step;
@@ -333,9 +450,9 @@ impl Job<'_> {
             let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(train.len())).collect();
             let (lo, hi) = shard(cfg.batch_size, rank, n);
             let local = (|| -> Result<_> {
-                let (g, t) = train.batch::<B>(&idx[lo..hi], device)?;
-                let pred = model.refine(book.embed(g)?, grid)?;
-                let loss = cfg.loss.forward(pred, book.embed(t)?, None)?;
+                let (input, truth) = pair_input(&model, train, &idx[lo..hi], &book, grid, hidden_ad)?;
+                let own = input.codes.clone();
+                let loss = prepared.forward(&model.refine(input)?, &own, &truth)?;
                 Ok(if n > 1 {
                     loss.mul_scalar((hi - lo) as f64 / cfg.batch_size as f64)
                 } else {
@@ -390,7 +507,9 @@ impl Job<'_> {
                     &model,
                     &optim,
                     &mut state,
+                    &mut best,
                     &inner_book,
+                    hidden,
                     lr,
                     value,
                     (start, first),
@@ -402,17 +521,23 @@ impl Job<'_> {
                 }
             }
         }
-        Ok((model, state))
+        match best {
+            Some((m, _)) if cfg.keep_best && rank == 0 => Ok((m, state)),
+            _ => Ok((model, state)),
+        }
     }
 
-    /// Rank 0 after a step: validation, the report, the checkpoint.
+    /// Rank 0 after a step: validation (and the best weights so far), the report, the checkpoint.
+    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     fn after_step<B, M, O>(
         &self,
         model: &M,
         optim: &O,
         state: &mut TrainState,
+        best: &mut Option<(M, f32)>,
         inner_book: &Codebook<B::InnerBackend>,
+        hidden: Option<&dyn HiddenSource<B::InnerBackend>>,
         lr: f64,
         value: f32,
         (start, first): (Instant, usize),
@@ -425,20 +550,29 @@ impl Job<'_> {
         O: Optimizer<M, B>,
     {
         let cfg = self.cfg;
-        let val_loss = match self.val {
+        let val = match self.val {
             Some(v) if state.step.is_multiple_of(cfg.validate_every) || state.step == cfg.steps => {
-                let l = refiner_loss(
+                let r = validate_refiner(
                     &model.valid(),
                     inner_book,
                     self.grid,
                     v,
                     &cfg.loss,
+                    cfg.decision,
                     cfg.batch_size,
+                    hidden,
                 )?;
                 if let Some(a) = state.extra.get_mut("val").and_then(|a| a.as_array_mut()) {
-                    a.push(serde_json::json!([state.step, l]));
+                    a.push(serde_json::json!([state.step, r.loss, r.accuracy]));
                 }
-                Some(l)
+                if cfg.keep_best && best.as_ref().is_none_or(|(_, acc)| r.accuracy > *acc) {
+                    *best = Some((model.clone(), r.accuracy));
+                    state.extra["best"] = serde_json::json!({ "step": state.step, "accuracy": r.accuracy });
+                    if let Some(dir) = self.checkpoints {
+                        save_best(dir, model, &state.identity, state.step, r.accuracy)?;
+                    }
+                }
+                Some(r)
             }
             _ => None,
         };
@@ -448,7 +582,8 @@ impl Job<'_> {
             step: state.step,
             steps: cfg.steps,
             loss: value,
-            val_loss,
+            val_loss: val.map(|v| v.loss),
+            val_accuracy: val.map(|v| v.accuracy),
             lr,
             tokens_per_sec: done * (cfg.batch_size * self.grid.len()) as f64 / elapsed,
             eta: Duration::from_secs_f64(elapsed / done * (cfg.steps - state.step) as f64),
@@ -460,4 +595,67 @@ impl Job<'_> {
         }
         Ok(())
     }
+}
+
+/// A [`HiddenSource`] of the inner backend used on its autodiff backend (no gradients).
+struct FromInner<'a, B: AutodiffBackend> {
+    inner: &'a dyn HiddenSource<B::InnerBackend>,
+}
+
+impl<B: AutodiffBackend> HiddenSource<B> for FromInner<'_, B> {
+    fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>> {
+        Ok(Tensor::from_inner(self.inner.hidden(pairs, idx, device)?))
+    }
+}
+
+/// Writes `dir/best.safetensors` (f32) and `dir/best.json` (`{identity, step, accuracy}`).
+fn save_best<B: Backend, M: burn::module::Module<B>>(
+    dir: &Path,
+    model: &M,
+    identity: &serde_json::Value,
+    step: usize,
+    accuracy: f32,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_safetensors(
+        dir.join("best.safetensors"),
+        &module_tensors(model)?,
+        StoreDtype::F32,
+    )?;
+    let json = serde_json::json!({ "identity": identity, "step": step, "accuracy": accuracy });
+    write_atomic(dir.join("best.json"), json.to_string().as_bytes())
+}
+
+/// What [`save_best`] wrote, loaded into `model`, with its accuracy; a file of another run
+/// (`identity`) is an [`Error::Config`], as for checkpoints.
+fn load_best<B: Backend, M: burn::module::Module<B>>(
+    dir: &Path,
+    model: M,
+    identity: &serde_json::Value,
+    device: &B::Device,
+) -> Result<Option<(M, f32)>> {
+    let meta = dir.join("best.json");
+    if !meta.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&meta).map_err(|e| Error::io(&meta, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+        path: meta.clone(),
+        reason: format!("bad best.json: {e}"),
+    })?;
+    let accuracy = v
+        .get("accuracy")
+        .and_then(|a| a.as_f64())
+        .ok_or_else(|| Error::Checkpoint {
+            path: meta.clone(),
+            reason: "best.json has no accuracy".into(),
+        })? as f32;
+    if v.get("identity") != Some(identity) {
+        return Err(Error::Config(format!(
+            "{} was written by another run (model or training configuration); use a new directory",
+            meta.display()
+        )));
+    }
+    let file = SafetensorsFile::open(dir.join("best.safetensors"))?;
+    Ok(Some((load_module_tensors(model, &file, device)?, accuracy)))
 }

@@ -7,6 +7,7 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 use super::model::Llama;
 use crate::backbone::generate::validate_prompt;
 use crate::backbone::sampling::{sample_row, Sampling};
+use crate::backbone::score::{token_scores, AnswerScores};
 use crate::checks::{ensure_finite, int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -21,13 +22,18 @@ pub type TokenCallback<'a> = dyn FnMut(usize, &[i64]) + 'a;
 /// use ar_refine::backbone::GenerateOptions;
 /// let mut seen = 0;
 /// let mut count = |_step: usize, _ids: &[i64]| seen += 1;
-/// let opts = GenerateOptions { want_hidden: true, context_images: Some((256, 15)), on_token: Some(&mut count) };
+/// let opts = GenerateOptions { want_hidden: true, context_images: Some((256, 15)), on_token: Some(&mut count), ..Default::default() };
 /// # let _ = opts;
 /// ```
 #[derive(Default)]
 pub struct GenerateOptions<'a> {
     /// Also return the final hidden state that produced each new token, `[b, n_new, hidden]`.
     pub want_hidden: bool,
+    /// Also return, for each new token, the log-probability and entropy of the distribution it
+    /// was chosen from (softmax over the image codes at temperature 1) and its `k` most likely
+    /// codes, when set to `Some(k)`: the scores [`crate::backbone::score_answers`] recomputes,
+    /// at no extra pass.
+    pub want_scores: Option<usize>,
     /// LVM-style context truncation `(tokens_per_image, max_images)`: before generation the
     /// prompt keeps only its last `max_images - 1` whole images (LVM keeps 15 images of
     /// context in all, the one being generated included) when it holds more.
@@ -45,6 +51,8 @@ pub struct Generation<B: Backend> {
     /// The final hidden state whose logits chose each new token, `[b, n_new, hidden]`, when
     /// asked for.
     pub hidden: Option<Tensor<B, 3>>,
+    /// Per-token scores (`hidden` left empty), when asked for.
+    pub scores: Option<AnswerScores<B>>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -83,6 +91,15 @@ impl<B: Backend> Llama<B> {
         let mut seq: Vec<Tensor<B, 2, Int>> = vec![prompt.clone()];
         let mut produced: Vec<Tensor<B, 2, Int>> = Vec::with_capacity(n_new);
         let mut hiddens: Vec<Tensor<B, 3>> = Vec::new();
+        if let Some(k) = opts.want_scores {
+            if k == 0 || k > allowed.len() {
+                return Err(Error::Config(format!(
+                    "want_scores: top-k must be in 1..={} (the image codes), got {k}",
+                    allowed.len()
+                )));
+            }
+        }
+        let (mut log_probs, mut entropies, mut tops) = (Vec::new(), Vec::new(), Vec::new());
         let capacity = (p + n_new).min(ctx);
         let mut cache = self.new_cache(b, capacity, &device)?;
         let window = p.min(ctx);
@@ -93,9 +110,9 @@ impl<B: Backend> Llama<B> {
                 hiddens.push(h.clone());
             }
             let logits = self.logits(h).reshape([b, self.config.vocab_size]);
+            let logits_img = logits.clone().narrow(1, allowed.start, allowed.len());
             let next = if on_device {
-                let part = logits.narrow(1, allowed.start, allowed.len());
-                part.argmax(1).add_scalar(allowed.start as i64)
+                logits_img.clone().argmax(1).add_scalar(allowed.start as i64)
             } else {
                 let host = read_f32(logits)?;
                 let ids: Vec<i64> = host
@@ -107,6 +124,13 @@ impl<B: Backend> Llama<B> {
                 }
                 int_tensor(ids, b, 1, &device)
             };
+            if let Some(k) = opts.want_scores {
+                let image = logits_img.reshape([b, 1, allowed.len()]);
+                let (lp, ent, top) = token_scores(image, next.clone().sub_scalar(allowed.start as i64), k);
+                log_probs.push(lp);
+                entropies.push(ent);
+                tops.push(top);
+            }
             produced.push(next.clone());
             seq.push(next.clone());
             if step + 1 == n_new {
@@ -134,9 +158,16 @@ impl<B: Backend> Llama<B> {
         if on_device {
             ensure_finite(&last_hidden, "backbone hidden states")?;
         }
+        let scores = opts.want_scores.map(|_| AnswerScores {
+            log_prob: Tensor::cat(log_probs, 1),
+            entropy: Tensor::cat(entropies, 1),
+            top: Tensor::cat(tops, 1),
+            hidden: None,
+        });
         Ok(Generation {
             tokens,
             hidden: opts.want_hidden.then(|| Tensor::cat(hiddens, 1)),
+            scores,
         })
     }
 }
@@ -192,5 +223,23 @@ impl<B: Backend> ArBackbone<B> for Llama<B> {
         Ok(self
             .generate_with(prompt, n_new, sampling, GenerateOptions::default())?
             .tokens)
+    }
+
+    fn generate_scored(
+        &self,
+        prompt: Tensor<B, 2, Int>,
+        n_new: usize,
+        sampling: &Sampling,
+        top_k: usize,
+    ) -> Result<(Tensor<B, 2, Int>, AnswerScores<B>)> {
+        let opts = GenerateOptions {
+            want_scores: Some(top_k),
+            ..Default::default()
+        };
+        let out = self.generate_with(prompt, n_new, sampling, opts)?;
+        let scores = out
+            .scores
+            .ok_or_else(|| Error::Config("generation returned no scores".into()))?;
+        Ok((out.tokens, scores))
     }
 }

@@ -1,22 +1,27 @@
-//! Refiner training pairs (backbone output, ground truth) from a frozen backbone, cached on
-//! disk in a versioned, checksummed format and resumable.
+//! Refiner training pairs (backbone output, ground truth, the prompt, the backbone's per-token
+//! confidence) from a frozen backbone, cached on disk in a versioned, checksummed format and
+//! resumable.
 
 mod cache;
 mod sharded;
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::Sampling;
-use crate::checks::read_i64;
+use crate::backbone::{score_answers, token_scores, Sampling};
+use crate::checks::{read_f32, read_i64};
 use crate::data::{prompt_tensor, TokenSentence};
+use crate::decode::Codebook;
 use crate::error::{Error, Result};
-use crate::traits::ArBackbone;
+use crate::traits::{ArBackbone, Confidence, PromptContext, RefineInput, RefinerNeeds, TokenGrid};
 pub use cache::load_pairs;
 use cache::Cache;
 pub use sharded::generate_pairs_sharded;
+
+/// How many most-likely codes per position a pair cache records (for top-5 accuracy).
+pub const TOP_K: usize = 5;
 
 /// How the backbone produces the query's output tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,14 +34,32 @@ pub enum PairMode {
     TeacherForced,
 }
 
-/// Token pairs for the query outputs: `generated[i]` and `truth[i]` are code ids of length
-/// `n` (the tokenizer's grid).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Token pairs for the query outputs, one row per prompt: the backbone's codes, the true codes,
+/// the prompt's codes and what the backbone believed about each code it chose. All ids are code
+/// ids (`0..K`), not vocabulary ids.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pairs {
-    /// Backbone outputs.
+    /// Backbone outputs, `n` codes each.
     pub generated: Vec<Vec<i64>>,
-    /// Ground truth.
+    /// Ground truth, `n` codes each.
     pub truth: Vec<Vec<i64>>,
+    /// The prompts' codes (`images · n` each, `[x_1, y_1, …, x_q]`); empty when unknown.
+    pub prompts: Vec<Vec<i64>>,
+    /// `log p(generated code)` per position (temperature 1, image codes); empty when unknown.
+    pub log_prob: Vec<Vec<f32>>,
+    /// Entropy of the backbone's distribution per position (nats); empty when unknown.
+    pub entropy: Vec<Vec<f32>>,
+    /// The backbone's [`TOP_K`] most likely codes per position (`n · TOP_K`); empty when unknown.
+    pub top: Vec<Vec<i64>>,
+}
+
+/// The backbone's output for one batch of prompts, with its scores.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scored {
+    pub generated: Vec<Vec<i64>>,
+    pub log_prob: Vec<Vec<f32>>,
+    pub entropy: Vec<Vec<f32>>,
+    pub top: Vec<Vec<i64>>,
 }
 
 impl Pairs {
@@ -55,6 +78,19 @@ impl Pairs {
         self.truth.first().map_or(0, Vec::len)
     }
 
+    /// Whether the backbone's confidence (log-probabilities, entropies, top codes) is recorded.
+    pub fn has_scores(&self) -> bool {
+        !self.is_empty() && self.log_prob.len() == self.len() && self.entropy.len() == self.len()
+    }
+
+    /// Images per prompt (`2K + 1`), `0` when the prompts are not recorded.
+    pub fn prompt_images(&self) -> usize {
+        match (self.prompts.len() == self.len(), self.tokens()) {
+            (true, n) if n > 0 => self.prompts.first().map_or(0, |p| p.len() / n),
+            _ => 0,
+        }
+    }
+
     /// Rows `idx` as `(generated, truth)` tensors `[b, n]`.
     pub fn batch<B: Backend>(
         &self,
@@ -62,20 +98,166 @@ impl Pairs {
         device: &B::Device,
     ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)> {
         let n = self.tokens();
-        let pick = |rows: &Vec<Vec<i64>>| -> Result<Tensor<B, 2, Int>> {
-            let mut flat = Vec::with_capacity(idx.len() * n);
-            for &i in idx {
-                let r = rows
-                    .get(i)
-                    .ok_or_else(|| Error::Config(format!("pair {i} out of range 0..{}", self.len())))?;
-                flat.extend_from_slice(r);
+        Ok((
+            rows_tensor(&self.generated, idx, n, self.len(), device)?,
+            rows_tensor(&self.truth, idx, n, self.len(), device)?,
+        ))
+    }
+
+    /// Rows `idx` as a [`RefineInput`] with what `needs` asks for (codes, embeddings through
+    /// `codebook`, the prompt's last images, the confidence; not the hidden states, which a
+    /// [`HiddenSource`] recomputes) and the true codes `[b, n]`.
+    pub fn input<B: Backend>(
+        &self,
+        idx: &[usize],
+        codebook: &Codebook<B>,
+        grid: TokenGrid,
+        needs: RefinerNeeds,
+        device: &B::Device,
+    ) -> Result<(RefineInput<B>, Tensor<B, 2, Int>)> {
+        let n = self.tokens();
+        if grid.len() != n {
+            return Err(Error::Config(format!(
+                "pairs of {n} tokens on a grid of {} tokens",
+                grid.len()
+            )));
+        }
+        let (gen, truth) = self.batch::<B>(idx, device)?;
+        let mut input = RefineInput::new(gen.clone(), codebook.embed(gen)?, grid);
+        if needs.prompt_images > 0 {
+            let have = self.prompt_images();
+            if have < needs.prompt_images {
+                return Err(Error::Config(format!(
+                    "the refiner reads the prompt's last {} images; these pairs record {have}{}",
+                    needs.prompt_images,
+                    if have == 0 {
+                        " (no prompts: a pair cache from ar-refine 0.1?)"
+                    } else {
+                        ""
+                    }
+                )));
             }
-            Ok(Tensor::from_data(
-                burn::tensor::TensorData::new(flat, [idx.len(), n]),
+            let m = needs.prompt_images;
+            let skip = (have - m) * n;
+            let rows: Vec<Vec<i64>> = idx.iter().map(|&i| self.prompts[i][skip..].to_vec()).collect();
+            let codes = rows_tensor::<B>(
+                &rows,
+                &(0..idx.len()).collect::<Vec<_>>(),
+                m * n,
+                rows.len(),
                 device,
-            ))
-        };
-        Ok((pick(&self.generated)?, pick(&self.truth)?))
+            )?;
+            input = input.with_prompt(PromptContext {
+                embeddings: codebook.embed(codes)?,
+                images: m,
+            });
+        }
+        if needs.confidence {
+            if !self.has_scores() {
+                return Err(Error::Config(
+                    "the refiner reads the backbone's confidence; these pairs do not record it".into(),
+                ));
+            }
+            input = input.with_confidence(Confidence {
+                log_prob: float_rows(&self.log_prob, idx, n, device)?,
+                entropy: float_rows(&self.entropy, idx, n, device)?,
+            });
+        }
+        Ok((input, truth))
+    }
+
+    /// Appends one scored batch for `part`.
+    pub(crate) fn push_batch(&mut self, part: &[TokenSentence], scored: Scored) {
+        self.truth.extend(part.iter().map(|s| s.target.clone()));
+        self.prompts.extend(part.iter().map(|s| s.prompt.clone()));
+        self.generated.extend(scored.generated);
+        self.log_prob.extend(scored.log_prob);
+        self.entropy.extend(scored.entropy);
+        self.top.extend(scored.top);
+    }
+}
+
+fn out_of_range(i: usize, len: usize) -> Error {
+    Error::Config(format!("pair {i} out of range 0..{len}"))
+}
+
+/// Rows `idx` of `rows` (each `width` long) as `[idx.len(), width]`.
+fn rows_tensor<B: Backend>(
+    rows: &[Vec<i64>],
+    idx: &[usize],
+    width: usize,
+    len: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2, Int>> {
+    let mut flat = Vec::with_capacity(idx.len() * width);
+    for &i in idx {
+        let r = rows.get(i).ok_or_else(|| out_of_range(i, len))?;
+        if r.len() != width {
+            return Err(Error::Config(format!(
+                "pair {i} has {} codes, expected {width}",
+                r.len()
+            )));
+        }
+        flat.extend_from_slice(r);
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(flat, [idx.len(), width]),
+        device,
+    ))
+}
+
+fn float_rows<B: Backend>(
+    rows: &[Vec<f32>],
+    idx: &[usize],
+    n: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let mut flat = Vec::with_capacity(idx.len() * n);
+    for &i in idx {
+        let r = rows.get(i).ok_or_else(|| out_of_range(i, rows.len()))?;
+        flat.extend_from_slice(r);
+    }
+    if flat.len() != idx.len() * n {
+        return Err(Error::Config(format!("score rows must have {n} values each")));
+    }
+    Ok(Tensor::from_data(TensorData::new(flat, [idx.len(), n]), device))
+}
+
+/// Recomputes the backbone's final hidden states for pairs (one teacher-forced pass over
+/// prompt + answer per batch), for refiners that read them: they are `H` wide per token
+/// (4,096 at 7B), too large to store with the pairs.
+pub trait HiddenSource<B: Backend> {
+    /// Hidden states `[idx.len(), n, H]` of pairs `idx`, on `device`.
+    fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>>;
+}
+
+/// A [`HiddenSource`] over a frozen backbone (see [`score_answers`]).
+pub struct BackboneHidden<'a, B: Backend> {
+    backbone: &'a dyn ArBackbone<B>,
+}
+
+impl<'a, B: Backend> BackboneHidden<'a, B> {
+    /// Hidden states from `backbone`.
+    pub fn new(backbone: &'a dyn ArBackbone<B>) -> Self {
+        Self { backbone }
+    }
+}
+
+impl<B: Backend> HiddenSource<B> for BackboneHidden<'_, B> {
+    fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>> {
+        let n = pairs.tokens();
+        let p = pairs.prompt_images() * n;
+        if p == 0 {
+            return Err(Error::Config(
+                "hidden states need the prompts, which these pairs do not record".into(),
+            ));
+        }
+        let offset = self.backbone.image_token_ids().start as i64;
+        let prompt = rows_tensor::<B>(&pairs.prompts, idx, p, pairs.len(), device)?.add_scalar(offset);
+        let answer = rows_tensor::<B>(&pairs.generated, idx, n, pairs.len(), device)?.add_scalar(offset);
+        score_answers(self.backbone, prompt, answer, 1, true)?
+            .hidden
+            .ok_or_else(|| Error::Config("the backbone's forward returns no hidden states".into()))
     }
 }
 
@@ -93,7 +275,9 @@ pub struct PairOptions<'a> {
     pub config: serde_json::Value,
 }
 
-/// Runs the frozen `backbone` on every sentence (`opts.batch` at a time) and returns the pairs.
+/// Runs the frozen `backbone` on every sentence (`opts.batch` at a time) and returns the pairs,
+/// with the backbone's per-token log-probability, entropy and top codes (one teacher-forced
+/// pass over prompt + answer after generation; see [`score_answers`]).
 ///
 /// Code `c` is vocabulary id `backbone.image_token_ids().start + c`. With a cache directory,
 /// finished batches are written there as checksummed chunks together with the configuration; a
@@ -108,13 +292,13 @@ pub fn generate_pairs<B: Backend>(
 ) -> Result<Pairs> {
     let n = target_len(sentences)?;
     check_ids(backbone, sentences)?;
-    let (mut pairs, mut cache) = Cache::open(opts, sentences.len(), n)?;
+    let (mut pairs, mut cache) = Cache::open(opts, sentences, n)?;
     let total = sentences.len();
     progress(pairs.len(), total);
     while pairs.len() < total {
         let part = &sentences[pairs.len()..(pairs.len() + opts.batch.max(1)).min(total)];
-        let generated = run_backbone(backbone, part, &opts.mode, device)?;
-        cache.append(part, generated, &mut pairs)?;
+        let scored = run_backbone(backbone, part, &opts.mode, device)?;
+        cache.append(part, scored, &mut pairs)?;
         progress(pairs.len(), total);
     }
     Ok(pairs)
@@ -153,18 +337,22 @@ fn check_ids<B: Backend>(backbone: &dyn ArBackbone<B>, sentences: &[TokenSentenc
     Ok(())
 }
 
-/// The backbone's codes for the query outputs of `part`.
+/// The backbone's codes for the query outputs of `part`, with their scores.
 fn run_backbone<B: Backend>(
     backbone: &dyn ArBackbone<B>,
     part: &[TokenSentence],
     mode: &PairMode,
     device: &B::Device,
-) -> Result<Vec<Vec<i64>>> {
+) -> Result<Scored> {
     let n = part[0].target.len();
     let offset = backbone.image_token_ids().start as i64;
     let prompt = prompt_tensor::<B>(part, offset, device)?;
-    let ids = match mode {
-        PairMode::FreeRunning(s) => backbone.generate(prompt, n, s)?,
+    let top_k = TOP_K.min(backbone.image_token_ids().len());
+    let (codes, (log_prob, entropy, top)) = match mode {
+        PairMode::FreeRunning(s) => {
+            let (ids, sc) = backbone.generate_scored(prompt, n, s, top_k)?;
+            (ids.sub_scalar(offset), (sc.log_prob, sc.entropy, sc.top))
+        }
         PairMode::TeacherForced => {
             let p = prompt.dims()[1];
             let truth: Vec<TokenSentence> = part
@@ -182,19 +370,22 @@ fn run_backbone<B: Backend>(
                     backbone.context_len()
                 )));
             }
-            let logits = backbone.forward(seq, false)?.logits.narrow(1, p - 1, n);
             let allowed = backbone.image_token_ids();
-            logits
-                .narrow(2, allowed.start, allowed.len())
-                .argmax(2)
-                .squeeze_dim::<2>(2)
-                .add_scalar(allowed.start as i64)
+            let logits = backbone.forward(seq, false)?.logits.narrow(1, p - 1, n).narrow(
+                2,
+                allowed.start,
+                allowed.len(),
+            );
+            let codes = logits.clone().argmax(2).squeeze_dim::<2>(2);
+            (codes.clone(), token_scores(logits, codes, top_k))
         }
     };
-    let flat = read_i64(ids)?;
-    let out: Vec<Vec<i64>> = flat
-        .chunks(n)
-        .map(|r| r.iter().map(|v| v - offset).collect())
-        .collect();
-    Ok(out)
+    let rows_i = |flat: Vec<i64>, w: usize| flat.chunks(w).map(<[i64]>::to_vec).collect::<Vec<_>>();
+    let rows_f = |flat: Vec<f32>| flat.chunks(n).map(<[f32]>::to_vec).collect::<Vec<_>>();
+    Ok(Scored {
+        generated: rows_i(read_i64(codes)?, n),
+        log_prob: rows_f(read_f32(log_prob)?),
+        entropy: rows_f(read_f32(entropy)?),
+        top: rows_i(read_i64(top.flatten::<2>(1, 2))?, n * top_k),
+    })
 }

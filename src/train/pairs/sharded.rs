@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use burn::tensor::backend::Backend;
 
-use super::{check_ids, run_backbone, target_len, Cache, PairOptions, Pairs};
+use super::{check_ids, run_backbone, target_len, Cache, PairOptions, Pairs, Scored};
 use crate::data::TokenSentence;
 use crate::error::{Error, Result};
 use crate::traits::ArBackbone;
@@ -66,7 +66,7 @@ where
     }
     let n = target_len(sentences)?;
     let total = sentences.len();
-    let (mut pairs, mut cache) = Cache::open(opts, total, n)?;
+    let (mut pairs, mut cache) = Cache::open(opts, sentences, n)?;
     progress(pairs.len(), total);
     let batch = opts.batch.max(1);
     let batches: Vec<Range<usize>> = (pairs.len()..total)
@@ -75,7 +75,7 @@ where
         .collect();
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let (tx, rx) = mpsc::channel::<(usize, usize, Result<Vec<Vec<i64>>>)>();
+    let (tx, rx) = mpsc::channel::<(usize, usize, Result<Scored>)>();
     let mut first_error: Option<Error> = None;
     std::thread::scope(|s| {
         let (next, stop, batches, load) = (&next, &stop, &batches, &load);
