@@ -8,13 +8,8 @@
 #   STAGE=lvm bash scripts/tiny_lvm.sh      # 2. backbone on models/tiny-lvm/tokenizer, then the
 #       backbone's outputs for refiner training and evaluation (pair caches in runs/TASK/), and
 #       the LoRA baseline (adapters + its outputs); refiners train and evaluation runs on the
-#       CPU machine from these caches with the same flags (scripts/tiny_lvm_cpu.sh).
-#   STAGE=refine bash scripts/tiny_lvm.sh   # 3. per task, the three in parallel on one GPU:
-#       free-running training pairs from the frozen backbone, the refiner trained on them,
-#       evaluation (K = 1, 2, 3) → $OUT/refine-TASK.tar (refiner, reports, pair caches, log)
-#   STAGE=lora bash scripts/tiny_lvm.sh     # 4. per task, in parallel: the LoRA baseline with the
-#       refiner's steps, batch and prompts, evaluated alone and with the refiner of stage 3
-#       (models/tiny-lvm/refiner-TASK) → $OUT/lora-TASK.tar
+#       CPU machine from these caches with the same flags (scripts/refiner_v2_cpu.sh).
+#   Refiners and their evaluation: scripts/refiner_v2.sh.
 # A call carries at most 64 MiB: .data may hold val.u8.xz instead of val.u8 (unpacked here).
 set -uo pipefail
 # binaries travel xz-compressed (a call carries at most 64 MiB)
@@ -76,48 +71,8 @@ if [ "$stage" = lvm ]; then
     done
 fi
 
-# stage 3 and 4 settings (the refiner and the LoRA baseline get the same steps, batch and prompts)
-steps="${STEPS:-1000}"; batch="${BATCH:-16}"; train_count="${TRAIN_COUNT:-2048}"; k="${K:-2}"
-eval_count="${EVAL_COUNT:-128}"; m=models/tiny-lvm
-common=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data .data --train-images "${TRAIN_IMAGES:-4096}")
-export AR_REFINE_PAIR_BATCH="${PAIR_BATCH:-128}"
-
-timed() {  # $1 = label, then the command; prints the wall time
-    local label="$1" start=$SECONDS; shift; "$@"; local rc=$?
-    echo "$label: $((SECONDS - start)) s (exit $rc)"; return $rc
-}
-
-refine_task() {  # $1 = task
-    local r="runs/$1"
-    timed "train_refiner $1" ./.bin/train_refiner "${common[@]}" --task "$1" --k "$k" \
-        --train-count "$train_count" --val-count 128 --mode free --steps "$steps" --batch "$batch" \
-        --lr 1e-3 --d-model 128 --layers 4 --heads 4 --out "$r"
-    timed "evaluate $1" ./.bin/evaluate "${common[@]}" --refiner "$r/refiner" --task "$1" \
-        --k 1,2,3 --count "$eval_count" --out "$r/eval"
-}
-
-lora_task() {  # $1 = task; tasks in $REEVAL first rerun stage 3's evaluation with models/tiny-lvm/refiner-TASK
-    local r="runs/$1"
-    case " ${REEVAL:-} " in *" $1 "*)
-        timed "evaluate $1" ./.bin/evaluate "${common[@]}" --refiner "$m/refiner-$1" --task "$1" \
-            --k 1,2,3 --count "$eval_count" --out "$r/eval" ;;
-    esac
-    timed "train_lora $1" ./.bin/train_lora "${common[@]}" --task "$1" --k "$k" \
-        --train-count "$train_count" --steps "$steps" --batch "$batch" --lr 1e-3 --out "$r/lora"
-    timed "evaluate lora $1" ./.bin/evaluate "${common[@]}" --lora "$r/lora/lora" \
-        --refiner "$m/refiner-$1" --task "$1" --k "$k" --count "$eval_count" --out "$r/eval-lora"
-}
-
+# The refiner stages of ar-refine 0.1 (`refine`, `lora`) are superseded by scripts/refiner_v2.sh
+# (refiners v2: presets, seeds, the side-by-side evaluation); they are in git history at 6820959.
 if [ "$stage" = refine ] || [ "$stage" = lora ]; then
-    fn="${stage}_task"
-    for task in ${TASKS:-colorization inpainting edges}; do
-        mkdir -p "runs/$task"
-        ( timeout "${TASK_SECS:-500}" bash -c "$(declare -f timed "$fn"); $(declare -p common steps batch train_count k eval_count m); REEVAL=\"${REEVAL:-}\"; $fn $task" \
-            > "runs/$task/$stage.log" 2>&1
-          echo "exit $?" >> "runs/$task/$stage.log"
-          tar -cf "$out/$stage-$task.tar" --exclude=checkpoints --exclude=backbone "runs/$task"
-          echo "== $task done"; tr '\r' '\n' < "runs/$task/$stage.log" | grep -vE "^pairs [0-9]+/|^step " | tail -25 ) &
-    done
-    wait
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    echo "STAGE=$stage moved to scripts/refiner_v2.sh" >&2; exit 2
 fi
