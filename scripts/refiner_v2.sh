@@ -82,6 +82,9 @@ eval_task() {  # $1 = task: every method at K = 2, paper and corrector at K = 1,
     mkdir -p "$r/eval-k13"; ln -sfn ../eval/pairs-k1 "$r/eval-k13/pairs-k1"; ln -sfn ../eval/pairs-k3 "$r/eval-k13/pairs-k3"
     timed "eval $1 K=1,3" "$r/eval-k13.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 1,3 --count "$ec13" \
         --refiners "paper=$pdirs,corrector=$cdirs" --out "$r/eval-k13"
+    # packed after every stage: a call that must return before the device budget ends takes
+    # what is there (the 2026-12-01 run lost its K = 1, 3 reports to a pack made only at the end)
+    tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r/eval-k13" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
     while [ ! -e "$r/lora.done" ]; do sleep 2; done
     timed "eval $1 LoRA" "$r/eval-lora-k2.log" "$bin/evaluate" "${data[@]}" --lora "$r/lora/lora" --task "$1" --k 2 --count "$ec" \
         --refiners "paper=$pdirs,corrector=$cdirs" --out "$r/eval-lora"
