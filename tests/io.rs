@@ -77,3 +77,30 @@ fn bad_files_give_typed_errors() {
     assert!(write_atomic(dir.join("no_such_dir/keep.png"), b"new").is_err());
     assert_eq!(std::fs::read(dir.join("keep.png")).unwrap(), b"old");
 }
+
+/// Threads of one process writing the same target: every write succeeds, the file ends as one
+/// complete write (never a mix or a truncation), and no temporary file is left behind.
+#[test]
+fn concurrent_atomic_writes_to_one_target() {
+    let dir = temp_dir("concurrent");
+    let target = dir.join("shared.bin");
+    let writers: Vec<Vec<u8>> = (0..8u8).map(|t| vec![t; 64 * 1024 + t as usize]).collect();
+    std::thread::scope(|s| {
+        for bytes in &writers {
+            let target = &target;
+            s.spawn(move || {
+                for _ in 0..20 {
+                    write_atomic(target, bytes).unwrap();
+                }
+            });
+        }
+    });
+    let end = std::fs::read(&target).unwrap();
+    assert!(writers.contains(&end), "the target is not one complete write ({} bytes)", end.len());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "shared.bin")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -1,12 +1,20 @@
-//! Atomic file writes: temporary sibling, flush, rename.
+//! Atomic file writes: a uniquely named temporary sibling, flushed to disk, renamed over the
+//! target, and the directory entry flushed too.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
+/// Temporary names already handed out by this process (with the process id: unique per write).
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// that readers see either the old file or the complete new one, never a partial write.
+/// that readers see either the old file or the complete new one, never a partial write. The
+/// temporary name is unique per call (process id and a counter), so threads or processes
+/// writing the same target never share one; the file is synced before the rename and, on Unix,
+/// the directory after it, so a crash leaves the old or the new file on disk.
 ///
 /// ```
 /// let dir = std::env::temp_dir().join("ar_refine_doc_atomic");
@@ -23,9 +31,15 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // create_new: never write through a file someone else left or is writing
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -33,5 +47,20 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
-    })
+    })?;
+    sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Flushes a directory's entries (the rename) to disk; a no-op where directories cannot be
+/// opened as files.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
