@@ -1,7 +1,7 @@
 //! GPU benchmark harness for LLaMA generation (the H200 table in `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example llama_bench_gpu
+//! cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu
 //! llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3]
 //! ```
 //!
@@ -31,10 +31,18 @@ type B = Cuda<f16, i32>;
 const USAGE: &str =
     "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops]";
 
-/// `--ops`: times the building blocks of one 7B decoding step in isolation (f16): the
-/// projection matmul with the weight stored `[in, out]` (ours) and `[out, in]` used transposed
-/// (HF's layout), at M = 1, 16 and 12 288 rows; RMSNorm; attention over a 1024-token cache.
+/// `--ops`: times the operations of one 7B decoding step in isolation (f16, synchronising
+/// around each call, median of `max(reps, 10)`), at batch 1 and 16 with a 1 024-token cache,
+/// written as the model writes them (`src/backbone/llama/layers.rs`): RMSNorm with its f32
+/// up-cast, the projections as one flattened `[b, in] @ [out, in]ᵀ` matmul, RoPE by halves, the
+/// cache write, attention over the cache, SwiGLU, the residual add and the LM head. Each line
+/// gives ms, bytes moved and the share of the H200's 4.8 TB/s; `count` is how often the op
+/// runs per step (32 layers), `step_ms` = ms × count.
 fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
+    use burn::tensor::activation::silu;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::DType;
     let time = |f: &mut dyn FnMut()| -> AnyResult<f64> {
         f();
         B::sync(device)?;
@@ -48,21 +56,94 @@ fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
         }
         Ok(median(v))
     };
-    let rnd =
-        |s: [usize; 2]| Tensor::<B, 2>::random(s, burn::tensor::Distribution::Normal(0.0, 0.02), device);
-    let (k, n) = (4096, 11008);
-    let w_in_out = rnd([k, n]);
-    let w_out_in = rnd([n, k]);
-    for m in [1usize, 16, 12288] {
-        let x = rnd([m, k]).unsqueeze::<3>();
-        let flops = 2.0 * (m * k * n) as f64;
-        let nn = time(&mut || {
-            let _ = burn::tensor::module::linear(x.clone(), w_in_out.clone(), None);
+    let normal = burn::tensor::Distribution::Normal(0.0, 0.02);
+    let (h, inter, layers, heads, hd, vocab, ctx) = (
+        4096usize, 11008usize, 32usize, 32usize, 128usize, 8292usize, 1024usize,
+    );
+    let report = |op: &str, b: usize, ms: f64, bytes: f64, count: usize| {
+        println!(
+            "{{\"op\":\"{op}\",\"batch\":{b},\"ms\":{ms:.4},\"bytes\":{bytes:.0},\"hbm_pct\":{:.1},\"count\":{count},\"step_ms\":{:.3}}}",
+            bytes / (ms * 1e-3) / 4.8e12 * 100.0,
+            ms * count as f64
+        );
+    };
+    for b in [1usize, 16] {
+        let x = Tensor::<B, 3>::random([b, 1, h], normal, device);
+        let gain = Tensor::<B, 1>::ones([h], device);
+        let ms = time(&mut || {
+            let y = x.clone().cast(DType::F32);
+            let rms = y.clone().powi_scalar(2).mean_dim(2).add_scalar(1e-6).sqrt();
+            let _ = y.div(rms).cast(DType::F16) * gain.clone().unsqueeze::<3>();
         })?;
-        let nt = time(&mut || {
-            let _ = x.clone().matmul(w_out_in.clone().transpose().unsqueeze());
+        report("rmsnorm", b, ms, (4 * b * h) as f64, 2 * layers);
+        for (name, k, n, count) in [
+            ("q/k/v/o proj", h, h, 4 * layers),
+            ("gate/up proj", h, inter, 2 * layers),
+            ("down proj", inter, h, layers),
+            ("lm_head", h, vocab, 1),
+        ] {
+            let w = Tensor::<B, 2>::random([n, k], normal, device);
+            let xin = Tensor::<B, 3>::random([b, 1, k], normal, device);
+            let ms = time(&mut || {
+                let _ = xin
+                    .clone()
+                    .reshape([b, k])
+                    .matmul(w.clone().transpose())
+                    .reshape([b, 1, n]);
+            })?;
+            report(name, b, ms, (2 * (n * k + b * (k + n))) as f64, count);
+        }
+        let q = Tensor::<B, 4>::random([b, heads, 1, hd], normal, device);
+        let cos = Tensor::<B, 4>::random([1, 1, 1, hd], normal, device);
+        let sin = cos.clone();
+        let ms = time(&mut || {
+            let x1 = q.clone().narrow(3, 0, hd / 2);
+            let x2 = q.clone().narrow(3, hd / 2, hd / 2);
+            let _ = q.clone() * cos.clone() + Tensor::cat(vec![x2.neg(), x1], 3) * sin.clone();
         })?;
-        println!("{{\"op\":\"matmul f16\",\"m\":{m},\"k\":{k},\"n\":{n},\"in_out_ms\":{nn:.3},\"out_in_t_ms\":{nt:.3},\"in_out_tflops\":{:.1},\"out_in_t_tflops\":{:.1}}}", flops / nn / 1e9, flops / nt / 1e9);
+        report("rope (q or k)", b, ms, (4 * b * heads * hd) as f64, 2 * layers);
+        let cache = Tensor::<B, 4>::zeros([b, heads, ctx, hd], device);
+        let mut cache_opt = Some(cache);
+        let ms = time(&mut || {
+            let c = cache_opt.take().expect("cache");
+            cache_opt = Some(c.slice_assign([0..b, 0..heads, ctx - 1..ctx, 0..hd], q.clone()));
+        })?;
+        report(
+            "cache write (k or v)",
+            b,
+            ms,
+            (2 * b * heads * hd) as f64,
+            2 * layers,
+        );
+        let k = Tensor::<B, 4>::random([b, heads, ctx, hd], normal, device);
+        let v = Tensor::<B, 4>::random([b, heads, ctx, hd], normal, device);
+        let ms = time(&mut || {
+            let _ = attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            );
+        })?;
+        report(
+            "attention (1 query, 1024 keys)",
+            b,
+            ms,
+            (2 * 2 * b * heads * ctx * hd) as f64,
+            layers,
+        );
+        let g = Tensor::<B, 3>::random([b, 1, inter], normal, device);
+        let u = g.clone();
+        let ms = time(&mut || {
+            let _ = silu(g.clone()) * u.clone();
+        })?;
+        report("silu * up", b, ms, (6 * b * inter) as f64, layers);
+        let ms = time(&mut || {
+            let _ = x.clone() + x.clone();
+        })?;
+        report("residual add", b, ms, (6 * b * h) as f64, 2 * layers);
     }
     Ok(())
 }

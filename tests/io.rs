@@ -96,7 +96,11 @@ fn concurrent_atomic_writes_to_one_target() {
         }
     });
     let end = std::fs::read(&target).unwrap();
-    assert!(writers.contains(&end), "the target is not one complete write ({} bytes)", end.len());
+    assert!(
+        writers.contains(&end),
+        "the target is not one complete write ({} bytes)",
+        end.len()
+    );
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -3,23 +3,29 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::{attention, linear};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, DType, Distribution, Tensor, TensorData};
 
 use super::cache::LayerCache;
 use super::config::LlamaConfig;
 
-/// A bias-free linear map `x @ W` with `W: [in, out]`, plus an optional LoRA adapter.
+/// A bias-free linear map `x @ Wᵀ` with `W: [out, in]` (HF's layout), plus an optional LoRA
+/// adapter.
+///
+/// The weight is stored `[out, in]` and used transposed because that is the layout Burn's
+/// small-M (vector-matrix) matmul kernels read contiguously; inputs of any rank are flattened
+/// to `[rows, in]` first, so a batch of one-token decode steps is one matmul that reads the
+/// weight once, not one vector-matrix product per sequence.
 #[derive(Module, Debug)]
 pub struct Proj<B: Backend> {
-    /// `[in, out]` (Burn's layout; HF checkpoints store the transpose).
+    /// `[out, in]`.
     pub(crate) weight: Param<Tensor<B, 2>>,
     /// Low-rank update, when attached.
     pub(crate) lora: Option<LoraAdapter<B>>,
 }
 
-/// LoRA: `x @ W + scale · (x @ A) @ B` with `A: [in, r]`, `B: [r, out]`, `scale = alpha / r`.
+/// LoRA: `x @ Wᵀ + scale · (x @ A) @ B` with `A: [in, r]`, `B: [r, out]`, `scale = alpha / r`.
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// `[in, r]`.
@@ -33,7 +39,7 @@ impl<B: Backend> Proj<B> {
     pub(crate) fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
         Self {
             weight: Param::from_tensor(Tensor::random(
-                [d_in, d_out],
+                [d_out, d_in],
                 Distribution::Normal(0.0, std),
                 device,
             )),
@@ -41,6 +47,7 @@ impl<B: Backend> Proj<B> {
         }
     }
 
+    /// A projection with the weight `[out, in]`.
     pub(crate) fn from_tensor(weight: Tensor<B, 2>) -> Self {
         Self {
             weight: Param::from_tensor(weight),
@@ -50,14 +57,29 @@ impl<B: Backend> Proj<B> {
 
     /// `[.., in]` → `[.., out]`.
     pub(crate) fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let y = linear_t(x.clone(), self.weight.val());
         match &self.lora {
-            None => linear(x, self.weight.val(), None),
+            None => y,
             Some(l) => {
-                let low = linear(linear(x.clone(), l.a.val(), None), l.b.val(), None);
-                linear(x, self.weight.val(), None) + low.mul_scalar(l.scale)
+                let low = flat_matmul(flat_matmul(x, l.a.val()), l.b.val());
+                y + low.mul_scalar(l.scale)
             }
         }
     }
+}
+
+/// `x [.., k] @ w [k, n]` → `[.., n]`, computed as one `[rows, k] @ [k, n]` matmul.
+fn flat_matmul<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = w.dims()[1];
+    x.reshape([rows, k]).matmul(w).reshape(dims)
+}
+
+/// `x [.., in] @ w_tᵀ` with `w_t: [out, in]` → `[.., out]` (one flattened matmul).
+pub(crate) fn linear_t<B: Backend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) -> Tensor<B, D> {
+    flat_matmul(x, w_t.transpose())
 }
 
 /// Root-mean-square norm with a learned gain, computed in f32 for half-precision backends.

@@ -120,7 +120,7 @@ impl<B: Backend> Llama<B> {
             for p in ProjName::ALL {
                 let proj = self.proj_mut(l, p);
                 if let Some(a) = proj.lora.take() {
-                    let delta = a.a.val().matmul(a.b.val()).mul_scalar(a.scale);
+                    let delta = a.a.val().matmul(a.b.val()).mul_scalar(a.scale).transpose();
                     proj.weight = Param::from_tensor(proj.weight.val() + delta);
                 }
             }

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
-use super::layers::{rope_tables, DecoderLayer, Proj, RmsNorm, Step};
+use super::layers::{linear_t, rope_tables, DecoderLayer, Proj, RmsNorm, Step};
 use crate::checks::{ensure_ids_in, expect_non_empty, read_f32};
 use crate::error::{Error, Result};
 use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, TensorSource};
@@ -17,7 +17,8 @@ use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, Tensor
 /// [`crate::ArBackbone`].
 ///
 /// Weights: `embed_tokens [vocab, hidden]`, per layer q/k/v/o and gate/up/down projections,
-/// RMSNorms, final norm and `lm_head [hidden, vocab]` (absent when tied). RoPE uses HF's
+/// RMSNorms, final norm and `lm_head [vocab, hidden]` (absent when tied). Every matrix is
+/// stored in HF's layout (`[out, in]`), so checkpoints load and save without a transpose. RoPE uses HF's
 /// rotate-half convention, so HF checkpoints load without permuting q/k.
 ///
 /// ```
@@ -35,7 +36,7 @@ pub struct Llama<B: Backend> {
     pub(crate) embed_tokens: Param<Tensor<B, 2>>,
     pub(crate) layers: Vec<DecoderLayer<B>>,
     pub(crate) norm: RmsNorm<B>,
-    /// `[hidden, vocab]`; `None` when tied to the embeddings.
+    /// `[vocab, hidden]` (HF's layout); `None` when tied to the embeddings.
     pub(crate) lm_head: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     pub(crate) config: LlamaConfig,
@@ -139,7 +140,7 @@ impl<B: Backend> Llama<B> {
                 .collect(),
             norm: RmsNorm::init(h, config.rms_norm_eps, device),
             lm_head: (!config.tie_word_embeddings)
-                .then(|| Param::from_tensor(Tensor::random([h, v], Distribution::Normal(0.0, std), device))),
+                .then(|| Param::from_tensor(Tensor::random([v, h], Distribution::Normal(0.0, std), device))),
             config,
         })
     }
@@ -185,7 +186,7 @@ impl<B: Backend> Llama<B> {
         let layer = |_| {
             let proj = |p: ProjName| {
                 let (i, o) = p.dims(&config);
-                Proj::from_tensor(Tensor::zeros([i, o], device))
+                Proj::from_tensor(Tensor::zeros([o, i], device))
             };
             let norm = || RmsNorm {
                 weight: zeros1(h),
@@ -217,7 +218,7 @@ impl<B: Backend> Llama<B> {
                 weight: zeros1(h),
                 eps: config.rms_norm_eps,
             },
-            lm_head: (!config.tie_word_embeddings).then(|| zeros2(h, v)),
+            lm_head: (!config.tie_word_embeddings).then(|| zeros2(v, h)),
             config,
         }
     }
@@ -225,20 +226,10 @@ impl<B: Backend> Llama<B> {
     fn set_slot(&mut self, slot: Slot, hf_shape: &[usize], v: Vec<f32>, device: &B::Device) {
         let t2 =
             |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [hf_shape[0], hf_shape[1]]), device);
-        // HF stores linear weights [out, in]; ours are [in, out].
-        let t2t = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(
-                TensorData::new(
-                    transpose(&v, hf_shape[0], hf_shape[1]),
-                    [hf_shape[1], hf_shape[0]],
-                ),
-                device,
-            )
-        };
         let t1 = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [hf_shape[0]]), device);
         match slot {
             Slot::Embed => self.embed_tokens = Param::from_tensor(t2(v)),
-            Slot::Head => self.lm_head = Some(Param::from_tensor(t2t(v))),
+            Slot::Head => self.lm_head = Some(Param::from_tensor(t2(v))),
             Slot::FinalNorm => self.norm.weight = Param::from_tensor(t1(v)),
             Slot::Norm(l, post) => {
                 let layer = &mut self.layers[l];
@@ -249,7 +240,7 @@ impl<B: Backend> Llama<B> {
                 };
                 n.weight = Param::from_tensor(t1(v));
             }
-            Slot::Proj(l, p) => self.proj_mut(l, p).weight = Param::from_tensor(t2t(v)),
+            Slot::Proj(l, p) => self.proj_mut(l, p).weight = Param::from_tensor(t2(v)),
         }
     }
 
@@ -290,7 +281,7 @@ impl<B: Backend> Llama<B> {
             let v = match slot {
                 Slot::Embed => read_f32(self.embed_tokens.val())?,
                 Slot::Head => match &self.lm_head {
-                    Some(h) => transpose(&read_f32(h.val())?, shape[1], shape[0]),
+                    Some(h) => read_f32(h.val())?,
                     None => continue,
                 },
                 Slot::FinalNorm => read_f32(self.norm.weight.val())?,
@@ -303,7 +294,7 @@ impl<B: Backend> Llama<B> {
                     };
                     read_f32(n.weight.val())?
                 }
-                Slot::Proj(l, p) => transpose(&read_f32(self.proj(l, p).weight.val())?, shape[1], shape[0]),
+                Slot::Proj(l, p) => read_f32(self.proj(l, p).weight.val())?,
             };
             tensors.push((key, shape, v));
         }
@@ -388,8 +379,8 @@ impl<B: Backend> Llama<B> {
     /// Logits `[b, n, vocab]` of final hidden states `[b, n, hidden]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(w) => linear(hidden, w.val(), None),
-            None => linear(hidden, self.embed_tokens.val().transpose(), None),
+            Some(w) => linear_t(hidden, w.val()),
+            None => linear_t(hidden, self.embed_tokens.val()),
         }
     }
 }

@@ -160,7 +160,9 @@ pub fn train_lm<B: AutodiffBackend>(
         .with_weight_decay(cfg.weight_decay)
         .init::<B, Llama<B>>();
     let mut model = model;
-    let identity = serde_json::json!({ "model": model.config, "train": cfg });
+    // `layout`: projection weights are stored `[out, in]` since 0.2; a checkpoint of the
+    // `[in, out]` layout has no such key and is refused as another run's, not misread.
+    let identity = serde_json::json!({ "model": model.config, "train": cfg, "layout": "out_in" });
     let mut state = TrainState::start(identity, cfg.seed);
     (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine ([gpu-speed]): LLaMA generation and the per-op table of one 7B decode
+# step for each build of `llama_bench_gpu` in .bin/ (xz-compressed, named by variant:
+# llama_bench_gpu-<variant>.xz), the transformers baseline in the same run, and the VQGAN
+# training step (ours with `train_tokenizer-<variant>.xz`, PyTorch with scripts/torch_vq_step.py).
+# Build on the CPU machine, e.g. for the default variant:
+#   cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu --example train_tokenizer
+# STAGE: gen (headline variant, full settings, + transformers) | variants (every other variant,
+# shorter runs) | vq (training step). Logs go to $OUT.
+set -uo pipefail
+out="${OUT:-gpu-out}"; mkdir -p "$out" .run-bin
+main="${MAIN:-autotune}"
+unpack() { [ -x ".run-bin/$1" ] || xz -dc ".bin/$1.xz" > ".run-bin/$1" && chmod +x ".run-bin/$1"; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$out/gpu.txt"
+case "${STAGE:-gen}" in
+gen)
+    unpack "llama_bench_gpu-$main"
+    echo "== ar-refine ($main): ops"
+    ".run-bin/llama_bench_gpu-$main" --ops 2>&1 | tee "$out/ops-$main.jsonl"
+    echo "== ar-refine ($main): generation"
+    ".run-bin/llama_bench_gpu-$main" ${GEN_ARGS:-} 2>&1 | tee "$out/gen-$main.jsonl"
+    echo "== transformers"
+    PYTHONUNBUFFERED=1 python3 scripts/llama_bench.py ${GEN_ARGS:-} 2>&1 | grep -v Warning | tee "$out/gen-torch.jsonl"
+    ;;
+variants)
+    for f in .bin/llama_bench_gpu-*.xz; do
+        v="${f#.bin/llama_bench_gpu-}"; v="${v%.xz}"
+        [ "$v" = "$main" ] && continue
+        unpack "llama_bench_gpu-$v"
+        echo "== ar-refine ($v): ops"
+        ".run-bin/llama_bench_gpu-$v" --ops 2>&1 | tee "$out/ops-$v.jsonl"
+        echo "== ar-refine ($v): generation"
+        ".run-bin/llama_bench_gpu-$v" --new "${NEW:-64}" --reps 2 2>&1 | tee "$out/gen-$v.jsonl"
+    done
+    ;;
+vq)
+    timeout 120 python3 scripts/torch_vq_step.py --batch 64 --codebook 1024 --dim 32 | tee "$out/vq-torch.jsonl"
+    for f in .bin/train_tokenizer-*.xz; do
+        v="${f#.bin/train_tokenizer-}"; v="${v%.xz}"
+        unpack "train_tokenizer-$v"
+        echo "== train_tokenizer ($v)"
+        timeout 200 ".run-bin/train_tokenizer-$v" --train-images 2048 --val-images 64 --codebook 1024 --dim 32 \
+            --steps 100000 --batch 64 --lr 4e-4 --time-budget "${VQ_SECS:-60}" --log-every 5 --out "/tmp/tok-$v" \
+            2>&1 | tail -40 | tee "$out/vq-$v.log"
+    done
+    ;;
+esac
