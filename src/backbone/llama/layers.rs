@@ -98,6 +98,14 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        #[cfg(feature = "cubecl")]
+        let x = {
+            let [b, n, h] = x.dims();
+            match super::fused::rms_norm(x.reshape([b * n, h]), &self.weight.val(), self.eps) {
+                Ok(y) => return y.reshape([b, n, h]),
+                Err(x) => x.reshape([b, n, h]),
+            }
+        };
         let dtype = x.dtype();
         let x = if dtype == DType::F32 {
             x
@@ -266,8 +274,17 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let g = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(g * self.up_proj.forward(x))
+        let g = self.gate_proj.forward(x.clone());
+        let u = self.up_proj.forward(x);
+        #[cfg(feature = "cubecl")]
+        let (g, u) = {
+            let [b, n, i] = g.dims();
+            match super::fused::silu_mul(g.reshape([b * n, i]), u.reshape([b * n, i])) {
+                Ok(y) => return self.down_proj.forward(y.reshape([b, n, i])),
+                Err((g, u)) => (g.reshape([b, n, i]), u.reshape([b, n, i])),
+            }
+        };
+        self.down_proj.forward(silu(g) * u)
     }
 }
 

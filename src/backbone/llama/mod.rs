@@ -8,6 +8,8 @@
 
 mod cache;
 mod config;
+#[cfg(feature = "cubecl")]
+mod fused;
 mod generate;
 mod layers;
 mod lora;

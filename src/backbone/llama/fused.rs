@@ -1,0 +1,355 @@
+//! Fused CubeCL kernels for the decoder's element-wise steps (issue [gpu-speed]).
+//!
+//! Burn 0.21 without its fusion backend issues every tensor op as its own kernel, and at decode
+//! time (one token per sequence) the host cost of a launch, not the bytes moved, sets the time
+//! (`llama_bench_gpu --ops`: the six-op RMSNorm costs ~0.15 ms for 8 KB on an H200). The kernels
+//! here do such a step in one launch. [`rms_norm`] and [`silu_mul`] route to them for the CubeCL backend types
+//! this crate was built with (not their `Autodiff` wrappers: the kernels have no backward pass)
+//! and hands the input back otherwise, so the tensor-op path stays the reference.
+
+use burn::tensor::{backend::Backend, Tensor as BurnTensor};
+use burn_cubecl::element::BoolElement;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+
+/// Units per cube of [`rms_norm_kernel`]: one cube normalises one row.
+const UNITS: usize = 256;
+
+/// One row of `x [rows, h]` per cube: the mean of squares in f32 (each unit sums a strided
+/// share, then shared memory), then `out = cast(x / sqrt(mean + eps)) · gain`, the same
+/// operations in the same precision as the tensor-op path of `RmsNorm::forward`.
+#[cube(launch_unchecked)]
+fn rms_norm_kernel<F: Float>(
+    x: &Tensor<F>,
+    gain: &Tensor<F>,
+    out: &mut Tensor<F>,
+    eps: f32,
+    #[comptime] units: usize,
+    #[comptime] _dtype_tag: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let h = x.shape(1);
+    let row = CUBE_POS_X as usize;
+    let unit = UNIT_POS_X as usize;
+    let base = row * h;
+    let steps = h.div_ceil(units);
+    let mut acc = 0.0f32;
+    for s in 0..steps {
+        let i = s * units + unit;
+        if i < h {
+            let v = f32::cast_from(x[base + i]);
+            acc += v * v;
+        }
+    }
+    let mut red = SharedMemory::<f32>::new(units);
+    red[unit] = acc;
+    sync_cube();
+    if unit == 0 {
+        let mut total = 0.0f32;
+        for j in 0..units {
+            total += red[j];
+        }
+        red[0] = total;
+    }
+    sync_cube();
+    let rms = (red[0] / f32::cast_from(h) + eps).sqrt();
+    for s in 0..steps {
+        let i = s * units + unit;
+        if i < h {
+            let v = f32::cast_from(x[base + i]) / rms;
+            out[base + i] = F::cast_from(v) * gain[i];
+        }
+    }
+}
+
+/// `out = silu(gate) · up` element-wise over `[len]` (contiguous), computed in f32 and cast
+/// once; `silu(g) = g / (1 + e^(−g))`.
+#[cube(launch_unchecked)]
+fn silu_mul_kernel<F: Float>(
+    gate: &Tensor<F>,
+    up: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] _dtype_tag: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i < out.len() {
+        let g = f32::cast_from(gate[i]);
+        let u = f32::cast_from(up[i]);
+        out[i] = F::cast_from(g / (1.0f32 + (-g).exp()) * u);
+    }
+}
+
+/// Backends with the fused decoder kernels.
+pub(crate) trait FusedBackend: Backend {
+    /// RMSNorm of `x [rows, h]` with `gain [h]` → `[rows, h]` (see [`rms_norm_kernel`]).
+    fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2>;
+    /// `silu(gate) · up`, both `[rows, n]` → `[rows, n]` (see [`silu_mul_kernel`]).
+    fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2>;
+}
+
+/// The primitive of a float tensor, made contiguous.
+fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: BurnTensor<CubeBackend<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+/// An uninitialised contiguous tensor shaped and typed like `like`.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
+    let shape = like.meta.shape().clone();
+    let handle = like.client.empty(shape.num_elements() * like.dtype.size());
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        like.dtype,
+    )
+}
+
+/// A comptime tag per float type. CubeCL 0.10 reused a kernel compiled for one `#[define(F)]`
+/// type when the same kernel was launched for another in the same process (seen on wgpu: an
+/// f32 launch after an f16 one computed at f16 precision), so the type is also a comptime
+/// argument, which is part of the kernel's cache key.
+fn dtype_tag(dtype: burn::tensor::DType) -> u32 {
+    match dtype {
+        burn::tensor::DType::F32 => 0,
+        burn::tensor::DType::F16 => 1,
+        burn::tensor::DType::BF16 => 2,
+        burn::tensor::DType::F64 => 3,
+        _ => 4,
+    }
+}
+
+/// Launch geometry for one unit per element of `len`.
+fn per_element(len: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(len.div_ceil(UNITS) as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+    )
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBackend
+    for CubeBackend<R, F, I, BT>
+{
+    fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2> {
+        let rows = x.dims()[0];
+        let (x, gain) = (prim(x), prim(gain));
+        let out = empty_like(&x);
+        let x_dtype = x.dtype;
+        let dtype = x.dtype.into();
+        // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS_X <
+        // rows` of contiguous `[rows, h]` tensors (gain `[h]`); the shared array has `UNITS`
+        // entries, indexed by `UNIT_POS_X < UNITS`.
+        unsafe {
+            rms_norm_kernel::launch_unchecked::<R>(
+                &x.client.clone(),
+                CubeCount::Static(rows as u32, 1, 1),
+                CubeDim::new_1d(UNITS as u32),
+                x.into_tensor_arg(),
+                gain.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                eps as f32,
+                UNITS,
+                dtype_tag(x_dtype),
+                dtype,
+            );
+        }
+        BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+    }
+
+    fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2> {
+        let (gate, up) = (prim(gate), prim(up));
+        let out = empty_like(&gate);
+        let (count, dim) = per_element(gate.meta.shape().num_elements());
+        let g_dtype = gate.dtype;
+        let dtype = gate.dtype.into();
+        // SAFETY: the kernel writes and reads index `i` only when `i < out.len()`, and the three
+        // contiguous tensors have the same shape.
+        unsafe {
+            silu_mul_kernel::launch_unchecked::<R>(
+                &gate.client.clone(),
+                count,
+                dim,
+                gate.into_tensor_arg(),
+                up.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                dtype_tag(g_dtype),
+                dtype,
+            );
+        }
+        BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+    }
+}
+
+/// Expands `$try!(Type)` for every CubeCL backend type this crate was built with (not their
+/// `Autodiff` wrappers: the kernels have no backward pass).
+macro_rules! for_cube_backends {
+    ($try:ident) => {
+        #[cfg(feature = "wgpu")]
+        {
+            $try!(CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>);
+            $try!(CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            $try!(CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>);
+            $try!(CubeBackend<cubecl::cuda::CudaRuntime, half::f16, i32, u8>);
+            $try!(CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>);
+        }
+    };
+}
+
+/// `t` as a tensor of backend `C` when `B` is `C`.
+fn cast<B: Backend, C: Backend, const D: usize>(t: &BurnTensor<B, D>) -> Option<BurnTensor<C, D>> {
+    (t as &dyn std::any::Any)
+        .downcast_ref::<BurnTensor<C, D>>()
+        .cloned()
+}
+
+/// [`cast`] back (`C` is `B`).
+fn uncast<C: Backend, B: Backend, const D: usize>(t: BurnTensor<C, D>) -> Option<BurnTensor<B, D>> {
+    (Box::new(t) as Box<dyn std::any::Any>)
+        .downcast::<BurnTensor<B, D>>()
+        .ok()
+        .map(|b| *b)
+}
+
+/// RMSNorm of `x [rows, h]` with `gain [h]` by the fused kernel; `Err(x)` on other backends.
+pub(crate) fn rms_norm<B: Backend>(
+    x: BurnTensor<B, 2>,
+    gain: &BurnTensor<B, 1>,
+    eps: f64,
+) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
+    macro_rules! attempt {
+        ($c:ty) => {
+            if let (Some(xc), Some(gc)) = (cast::<B, $c, 2>(&x), cast::<B, $c, 1>(gain)) {
+                if let Some(y) = uncast(<$c>::fused_rms_norm(xc, gc, eps)) {
+                    return Ok(y);
+                }
+            }
+        };
+    }
+    for_cube_backends!(attempt);
+    let _ = (gain, eps);
+    Err(x)
+}
+
+/// `silu(gate) · up` for `[rows, n]` tensors by the fused kernel; `Err((gate, up))` on other
+/// backends.
+pub(crate) fn silu_mul<B: Backend>(
+    gate: BurnTensor<B, 2>,
+    up: BurnTensor<B, 2>,
+) -> Result<BurnTensor<B, 2>, (BurnTensor<B, 2>, BurnTensor<B, 2>)> {
+    macro_rules! attempt {
+        ($c:ty) => {
+            if let (Some(g), Some(u)) = (cast::<B, $c, 2>(&gate), cast::<B, $c, 2>(&up)) {
+                if let Some(y) = uncast(<$c>::fused_silu_mul(g, u)) {
+                    return Ok(y);
+                }
+            }
+        };
+    }
+    for_cube_backends!(attempt);
+    Err((gate, up))
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests {
+    use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+
+    /// The tensor-op RMSNorm of `RmsNorm::forward`, for reference.
+    fn reference<B: Backend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let rms = x.clone().powi_scalar(2).mean_dim(1).add_scalar(eps).sqrt();
+        x.div(rms).cast(dtype) * gain.unsqueeze::<2>()
+    }
+
+    fn check<B: Backend>(tol: f32) {
+        let device = Default::default();
+        // Widths below, at and above one cube's 256 units, not multiples of it.
+        for (rows, h) in [(1, 7), (3, 256), (5, 300), (2, 1030)] {
+            let x = Tensor::<B, 2>::random([rows, h], Distribution::Normal(0.0, 3.0), &device);
+            let gain = Tensor::<B, 1>::random([h], Distribution::Uniform(0.5, 1.5), &device);
+            let want = reference(x.clone(), gain.clone(), 1e-6);
+            let got = super::rms_norm(x, &gain, 1e-6).unwrap_or_else(|_| panic!("kernel not routed"));
+            let diff: f32 = (got.cast(DType::F32) - want.cast(DType::F32))
+                .abs()
+                .max()
+                .into_scalar()
+                .elem();
+            assert!(
+                diff <= tol,
+                "rows {rows}, h {h}: max |fused − tensor ops| = {diff}"
+            );
+        }
+    }
+
+    use burn::tensor::ElementConversion;
+
+    #[test]
+    fn fused_rms_norm_matches_tensor_ops_wgpu_f32() {
+        check::<burn::backend::Wgpu>(1e-5);
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_tensor_ops_wgpu_f16() {
+        // One f16 rounding step apart at most (|values| < ~8).
+        check::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(1e-2);
+    }
+
+    /// `silu(g)·u` by the fused kernel against f64 on the host and the tensor ops.
+    fn check_silu<B: Backend>(silu_tol: f32) {
+        let device = Default::default();
+        for (rows, n) in [(1, 5), (3, 300), (2, 1030)] {
+            let g = Tensor::<B, 2>::random([rows, n], Distribution::Normal(0.0, 3.0), &device);
+            let u = Tensor::<B, 2>::random([rows, n], Distribution::Normal(0.0, 1.0), &device);
+            let want = burn::tensor::activation::silu(g.clone()) * u.clone();
+            let (g2, u2) = (g.clone(), u.clone());
+            let got = super::silu_mul(g, u).unwrap_or_else(|_| panic!("silu kernel not routed"));
+            // Against f64 on the host: lavapipe's f32 `exp` is itself off by up to ~5e-4
+            // (relative), for Burn's `silu` as much as for the kernel.
+            let host = |t: Tensor<B, 2>| -> Vec<f64> {
+                t.cast(DType::F32)
+                    .into_data()
+                    .iter::<f32>()
+                    .map(f64::from)
+                    .collect()
+            };
+            let (gv, uv, got_v, want_v) = (host(g2), host(u2), host(got), host(want));
+            let (mut err_kernel, mut err_ops) = (0.0f64, 0.0f64);
+            for k in 0..gv.len() {
+                let r = gv[k] / (1.0 + (-gv[k]).exp()) * uv[k];
+                err_kernel = err_kernel.max((got_v[k] - r).abs() / (1.0 + r.abs()));
+                err_ops = err_ops.max((want_v[k] - r).abs() / (1.0 + r.abs()));
+            }
+            assert!(
+                err_kernel <= f64::from(silu_tol).max(err_ops),
+                "silu·up [{rows}, {n}]: kernel error {err_kernel}, tensor ops {err_ops}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_silu_mul_matches_f64_wgpu_f32() {
+        check_silu::<burn::backend::Wgpu>(1e-3);
+    }
+
+    #[test]
+    fn fused_silu_mul_matches_f64_wgpu_f16() {
+        check_silu::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(2e-2);
+    }
+
+    #[test]
+    fn autodiff_backends_keep_the_tensor_op_path_wgpu() {
+        type A = burn::backend::Autodiff<burn::backend::Wgpu>;
+        let device = Default::default();
+        let x = Tensor::<A, 2>::ones([2, 4], &device);
+        let gain = Tensor::<A, 1>::ones([4], &device);
+        assert!(super::rms_norm(x, &gain, 1e-6).is_err());
+    }
+}
