@@ -33,6 +33,33 @@ impl<B: Backend> LayerCache<B> {
         };
         (write(&mut self.k, k), write(&mut self.v, v))
     }
+
+    /// Takes the key and value buffers `[b, kv, capacity, hd]` out, for a kernel that writes
+    /// them in place; [`LayerCache::restore`] puts them back.
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn take(&mut self) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let k = self.k.take().expect("cache buffer present between calls");
+        let v = self.v.take().expect("cache buffer present between calls");
+        (k, v)
+    }
+
+    /// Puts the buffers back and returns views of positions `0..end`.
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn restore(
+        &mut self,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        end: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let view = |t: &Tensor<B, 4>| {
+            let [b, kv, _, hd] = t.dims();
+            t.clone().slice([0..b, 0..kv, 0..end, 0..hd])
+        };
+        let views = (view(&k), view(&v));
+        self.k = Some(k);
+        self.v = Some(v);
+        views
+    }
 }
 
 /// Keys and values of every layer for a batch of `b` sequences of up to `capacity` tokens.

@@ -27,7 +27,6 @@ fn rms_norm_kernel<F: Float>(
     out: &mut Tensor<F>,
     eps: f32,
     #[comptime] units: usize,
-    #[comptime] _dtype_tag: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let h = x.shape(1);
@@ -71,7 +70,6 @@ fn silu_mul_kernel<F: Float>(
     gate: &Tensor<F>,
     up: &Tensor<F>,
     out: &mut Tensor<F>,
-    #[comptime] _dtype_tag: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
@@ -82,12 +80,113 @@ fn silu_mul_kernel<F: Float>(
     }
 }
 
+/// RoPE of the new queries and keys and the write of keys and values into the cache, in one
+/// launch: one unit per query element. Inputs are the projections as they come out of the
+/// matmul, `q [b·n, h·hd]`, `k` and `v [b·n, kv·hd]` (`kv ≤ h`), and the rotate-half tables
+/// `cos`, `sin [n, hd]`; outputs are `q_out [b, h, n, hd]` and the caches `[b, kv, cap, hd]`,
+/// written at positions `start..start + n`. Rotation in f32, one rounding to `F`.
+#[cube(launch_unchecked)]
+fn rope_kv_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    q_out: &mut Tensor<F>,
+    k_cache: &mut Tensor<F>,
+    v_cache: &mut Tensor<F>,
+    start: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos < q_out.len() {
+        let n = cos.shape(0);
+        let hd = cos.shape(1);
+        let heads = q_out.shape(1);
+        let kv = k_cache.shape(1);
+        let cap = k_cache.shape(2);
+        let half = hd / 2;
+        let d = pos % hd;
+        let i = (pos / hd) % n;
+        let head = (pos / (hd * n)) % heads;
+        let bi = pos / (hd * n * heads);
+        let row = bi * n + i;
+        let partner = (d + half) % hd;
+        let mut sign = 1.0f32;
+        if d < half {
+            sign = -1.0f32;
+        }
+        let c = f32::cast_from(cos[i * hd + d]);
+        let s = f32::cast_from(sin[i * hd + d]);
+        let qb = row * heads * hd + head * hd;
+        let xq = f32::cast_from(q[qb + d]);
+        let pq = f32::cast_from(q[qb + partner]);
+        q_out[pos] = F::cast_from(xq * c + sign * pq * s);
+        if head < kv && usize::cast_from(start) + i < cap {
+            let kb = row * kv * hd + head * hd;
+            let xk = f32::cast_from(k[kb + d]);
+            let pk = f32::cast_from(k[kb + partner]);
+            let dst = ((bi * kv + head) * cap + usize::cast_from(start) + i) * hd + d;
+            k_cache[dst] = F::cast_from(xk * c + sign * pk * s);
+            v_cache[dst] = v[kb + d];
+        }
+    }
+}
+
 /// Backends with the fused decoder kernels.
 pub(crate) trait FusedBackend: Backend {
     /// RMSNorm of `x [rows, h]` with `gain [h]` → `[rows, h]` (see [`rms_norm_kernel`]).
     fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2>;
     /// `silu(gate) · up`, both `[rows, n]` → `[rows, n]` (see [`silu_mul_kernel`]).
     fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2>;
+    /// RoPE and cache write (see [`rope_kv_kernel`] and [`RopeKv`]).
+    fn fused_rope_kv(args: RopeKv<Self>) -> (BurnTensor<Self, 4>, BurnTensor<Self, 4>, BurnTensor<Self, 4>);
+}
+
+/// The inputs of [`rope_kv`]: one layer's projections at positions `start..start + n`.
+pub(crate) struct RopeKv<B: Backend> {
+    /// Queries `[b·n, h·hd]`.
+    pub q: BurnTensor<B, 2>,
+    /// Keys `[b·n, kv·hd]`.
+    pub k: BurnTensor<B, 2>,
+    /// Values `[b·n, kv·hd]`.
+    pub v: BurnTensor<B, 2>,
+    /// Rotate-half tables `[n, hd]`.
+    pub cos: BurnTensor<B, 2>,
+    /// Rotate-half tables `[n, hd]`.
+    pub sin: BurnTensor<B, 2>,
+    /// The key and value buffers `[b, kv, cap, hd]` to write into (`start + n ≤ cap`), or
+    /// `None` to get fresh `[b, kv, n, hd]` ones (`start` must then be 0).
+    pub cache: Option<(BurnTensor<B, 4>, BurnTensor<B, 4>)>,
+    /// Position of the first new token.
+    pub start: usize,
+    /// Batch size `b`.
+    pub batch: usize,
+    /// Query heads `h`.
+    pub heads: usize,
+}
+
+/// A buffer that a kernel may write in place: contiguous and not shared with another tensor.
+fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = into_contiguous(t);
+    if t.can_mut() {
+        t
+    } else {
+        t.copy()
+    }
+}
+
+/// A contiguous uninitialised tensor of `shape` typed like `like`.
+fn empty_shaped<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 4]) -> CubeTensor<R> {
+    let shape = burn::tensor::Shape::from(shape);
+    let handle = like.client.empty(shape.num_elements() * like.dtype.size());
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        like.dtype,
+    )
 }
 
 /// The primitive of a float tensor, made contiguous.
@@ -110,20 +209,6 @@ fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
     )
 }
 
-/// A comptime tag per float type. CubeCL 0.10 reused a kernel compiled for one `#[define(F)]`
-/// type when the same kernel was launched for another in the same process (seen on wgpu: an
-/// f32 launch after an f16 one computed at f16 precision), so the type is also a comptime
-/// argument, which is part of the kernel's cache key.
-fn dtype_tag(dtype: burn::tensor::DType) -> u32 {
-    match dtype {
-        burn::tensor::DType::F32 => 0,
-        burn::tensor::DType::F16 => 1,
-        burn::tensor::DType::BF16 => 2,
-        burn::tensor::DType::F64 => 3,
-        _ => 4,
-    }
-}
-
 /// Launch geometry for one unit per element of `len`.
 fn per_element(len: usize) -> (CubeCount, CubeDim) {
     (
@@ -139,7 +224,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         let rows = x.dims()[0];
         let (x, gain) = (prim(x), prim(gain));
         let out = empty_like(&x);
-        let x_dtype = x.dtype;
         let dtype = x.dtype.into();
         // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS_X <
         // rows` of contiguous `[rows, h]` tensors (gain `[h]`); the shared array has `UNITS`
@@ -154,7 +238,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
                 out.clone().into_tensor_arg(),
                 eps as f32,
                 UNITS,
-                dtype_tag(x_dtype),
                 dtype,
             );
         }
@@ -166,7 +249,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         let (gate, up) = (prim(gate), prim(up));
         let out = empty_like(&gate);
         let (count, dim) = per_element(gate.meta.shape().num_elements());
-        let g_dtype = gate.dtype;
         let dtype = gate.dtype.into();
         // SAFETY: the kernel writes and reads index `i` only when `i < out.len()`, and the three
         // contiguous tensors have the same shape.
@@ -178,12 +260,54 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
                 gate.clone().into_tensor_arg(),
                 up.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
-                dtype_tag(g_dtype),
                 dtype,
             );
         }
         drop((gate, up));
         BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+    }
+    fn fused_rope_kv(a: RopeKv<Self>) -> (BurnTensor<Self, 4>, BurnTensor<Self, 4>, BurnTensor<Self, 4>) {
+        let [rows, qw] = a.q.dims();
+        let [n, hd] = a.cos.dims();
+        let (b, h) = (a.batch, a.heads);
+        let kv = a.k.dims()[1] / hd;
+        debug_assert_eq!((rows, qw), (b * n, h * hd));
+        let (q, k, v, cos, sin) = (prim(a.q), prim(a.k), prim(a.v), prim(a.cos), prim(a.sin));
+        let (kc, vc) = match a.cache {
+            Some((kc, vc)) => (
+                writable(kc.into_primitive().tensor()),
+                writable(vc.into_primitive().tensor()),
+            ),
+            None => (empty_shaped(&k, [b, kv, n, hd]), empty_shaped(&k, [b, kv, n, hd])),
+        };
+        let q_out = empty_shaped(&q, [b, h, n, hd]);
+        let (count, dim) = per_element(b * h * n * hd);
+        let dtype = q.dtype.into();
+        // SAFETY: unit `pos < q_out.len() = b·h·n·hd` reads `q` at row `bi·n + i < b·n`, column
+        // `head·hd + d' < h·hd`; `k`, `v` at column `head·hd + d' < kv·hd` (only when `head <
+        // kv`); the tables at `i·hd + d < n·hd`; and writes the caches at position `start + i <
+        // cap` (checked in the kernel) of head `head < kv`, batch `bi < b`. All
+        // tensors are contiguous; the caches are not shared (`writable`).
+        unsafe {
+            rope_kv_kernel::launch_unchecked::<R>(
+                &q.client.clone(),
+                count,
+                dim,
+                q.clone().into_tensor_arg(),
+                k.clone().into_tensor_arg(),
+                v.clone().into_tensor_arg(),
+                cos.clone().into_tensor_arg(),
+                sin.clone().into_tensor_arg(),
+                q_out.clone().into_tensor_arg(),
+                kc.clone().into_tensor_arg(),
+                vc.clone().into_tensor_arg(),
+                a.start as u32,
+                dtype,
+            );
+        }
+        drop((q, k, v, cos, sin));
+        let wrap = |t| BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+        (wrap(q_out), wrap(kc), wrap(vc))
     }
 }
 
@@ -212,7 +336,7 @@ fn cast<B: Backend, C: Backend, const D: usize>(t: &BurnTensor<B, D>) -> Option<
         .cloned()
 }
 
-/// [`cast`] back (`C` is `B`).
+/// `t` moved to backend `B` when `C` is `B` (either direction of [`cast`]).
 fn uncast<C: Backend, B: Backend, const D: usize>(t: BurnTensor<C, D>) -> Option<BurnTensor<B, D>> {
     (Box::new(t) as Box<dyn std::any::Any>)
         .downcast::<BurnTensor<B, D>>()
@@ -257,6 +381,42 @@ pub(crate) fn silu_mul<B: Backend>(
     }
     for_cube_backends!(attempt);
     Err((gate, up))
+}
+
+/// RoPE of `q`, `k` and the write of `k`, `v` into the cache by the fused kernel:
+/// `Ok((q [b, h, n, hd], k buffer, v buffer))` (the buffers `[b, kv, cap, hd]`, or `[b, kv, n, hd]`
+/// without a cache); `Err(args)` unchanged on other backends.
+pub(crate) fn rope_kv<B: Backend>(
+    args: RopeKv<B>,
+) -> Result<(BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>), RopeKv<B>> {
+    macro_rules! attempt {
+        ($c:ty) => {
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
+                // `B` is `$c`: the moves below cannot fail.
+                let a = RopeKv::<$c> {
+                    q: uncast(args.q).expect("same type"),
+                    k: uncast(args.k).expect("same type"),
+                    v: uncast(args.v).expect("same type"),
+                    cos: uncast(args.cos).expect("same type"),
+                    sin: uncast(args.sin).expect("same type"),
+                    cache: args
+                        .cache
+                        .map(|(k, v)| (uncast(k).expect("same type"), uncast(v).expect("same type"))),
+                    start: args.start,
+                    batch: args.batch,
+                    heads: args.heads,
+                };
+                let (q, k, v) = <$c>::fused_rope_kv(a);
+                return Ok((
+                    uncast(q).expect("same type"),
+                    uncast(k).expect("same type"),
+                    uncast(v).expect("same type"),
+                ));
+            }
+        };
+    }
+    for_cube_backends!(attempt);
+    Err(args)
 }
 
 #[cfg(all(test, feature = "wgpu"))]
@@ -379,6 +539,107 @@ mod tests {
     #[test]
     fn fused_silu_mul_matches_f64_wgpu_f16() {
         check_silu::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(2e-2);
+    }
+
+    /// RoPE and the cache write by the fused kernel against f64 on the host: a grouped-query
+    /// layout (4 query heads, 2 key/value heads), two sequences of 3 new tokens after 5 cached
+    /// ones; cache positions outside `5..8` keep their sentinel.
+    fn check_rope<B: Backend>(tol: f64) {
+        let device = Default::default();
+        let (b, n, h, kv, hd, cap, start) = (2, 3, 4, 2, 8, 10, 5);
+        let normal = Distribution::Normal(0.0, 1.5);
+        let q = Tensor::<B, 2>::random([b * n, h * hd], normal, &device);
+        let k = Tensor::<B, 2>::random([b * n, kv * hd], normal, &device);
+        let v = Tensor::<B, 2>::random([b * n, kv * hd], normal, &device);
+        let (cos, sin) = super::super::layers::rope_tables::<B>(start, n, hd, 10_000.0, &device);
+        let host = |t: Tensor<B, 2>| -> Vec<f64> {
+            t.cast(DType::F32)
+                .into_data()
+                .iter::<f32>()
+                .map(f64::from)
+                .collect()
+        };
+        let (qh, kh, vh) = (host(q.clone()), host(k.clone()), host(v.clone()));
+        let sentinel = 7.0;
+        let cache = (
+            Tensor::<B, 4>::full([b, kv, cap, hd], sentinel, &device),
+            Tensor::<B, 4>::full([b, kv, cap, hd], sentinel, &device),
+        );
+        let args = super::RopeKv {
+            q,
+            k,
+            v,
+            cos,
+            sin,
+            cache: Some(cache),
+            start,
+            batch: b,
+            heads: h,
+        };
+        let (qo, ko, vo) = super::rope_kv(args).unwrap_or_else(|_| panic!("rope kernel not routed"));
+        assert_eq!(qo.dims(), [b, h, n, hd]);
+        assert_eq!(ko.dims(), [b, kv, cap, hd]);
+        let host4 = |t: Tensor<B, 4>| -> Vec<f64> {
+            t.cast(DType::F32)
+                .into_data()
+                .iter::<f32>()
+                .map(f64::from)
+                .collect()
+        };
+        let (qo, ko, vo) = (host4(qo), host4(ko), host4(vo));
+        let rotate = |x: &[f64], pos: usize, d: usize| {
+            let half = hd / 2;
+            let inv = 1.0 / 10_000f64.powf((2 * (d % half)) as f64 / hd as f64);
+            let a = pos as f64 * inv;
+            let rot = if d < half { -x[d + half] } else { x[d - half] };
+            x[d] * a.cos() + rot * a.sin()
+        };
+        let mut err = 0.0f64;
+        for bi in 0..b {
+            for i in 0..n {
+                let row = bi * n + i;
+                for head in 0..h {
+                    let x = &qh[row * h * hd + head * hd..][..hd];
+                    for d in 0..hd {
+                        let got = qo[((bi * h + head) * n + i) * hd + d];
+                        err = err.max((got - rotate(x, start + i, d)).abs());
+                    }
+                }
+                for head in 0..kv {
+                    let x = &kh[row * kv * hd + head * hd..][..hd];
+                    for d in 0..hd {
+                        let at = ((bi * kv + head) * cap + start + i) * hd + d;
+                        err = err.max((ko[at] - rotate(x, start + i, d)).abs());
+                        err = err.max((vo[at] - vh[row * kv * hd + head * hd + d]).abs());
+                    }
+                }
+            }
+            for head in 0..kv {
+                for p in (0..cap).filter(|p| !(start..start + n).contains(p)) {
+                    for d in 0..hd {
+                        let at = ((bi * kv + head) * cap + p) * hd + d;
+                        assert_eq!(
+                            (ko[at], vo[at]),
+                            (sentinel, sentinel),
+                            "cache position {p} overwritten"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(err <= tol, "rope/cache error {err} against f64 (tolerance {tol})");
+    }
+
+    #[test]
+    fn fused_rope_kv_matches_f64_wgpu_f32() {
+        // The f32 tables (HF computes them in f32 too) dominate: ~1e-6 · |x|.
+        check_rope::<burn::backend::Wgpu>(1e-4);
+    }
+
+    #[test]
+    fn fused_rope_kv_matches_f64_wgpu_f16() {
+        // f16 inputs, tables and output: a few f16 roundings of values below ~8.
+        check_rope::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(2e-2);
     }
 
     #[test]

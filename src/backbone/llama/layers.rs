@@ -201,6 +201,67 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// The projections `q [b, n, h·hd]`, `k`, `v [b, n, kv·hd]` split into heads, `q` and `k`
+    /// rotated, `k` and `v` appended to the cache: `(q [b, h, n, hd], k, v [b, kv, t, hd])` with
+    /// `t` the cached positions including the new ones (`n` without a cache).
+    fn rope_and_cache(
+        &self,
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        step: &Step<B>,
+        mut cache: Option<&mut LayerCache<B>>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, n, _] = q.dims();
+        let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        #[cfg(feature = "cubecl")]
+        let (q, k, v) = {
+            let args = super::fused::RopeKv {
+                q: q.reshape([b * n, h * hd]),
+                k: k.reshape([b * n, kv * hd]),
+                v: v.reshape([b * n, kv * hd]),
+                cos: step.cos.clone().reshape([n, hd]),
+                sin: step.sin.clone().reshape([n, hd]),
+                cache: cache.as_mut().map(|c| c.take()),
+                start: step.start,
+                batch: b,
+                heads: h,
+            };
+            match super::fused::rope_kv(args) {
+                Ok((q, kb, vb)) => {
+                    return match cache {
+                        Some(c) => {
+                            let (k, v) = c.restore(kb, vb, step.start + n);
+                            (q, k, v)
+                        }
+                        None => (q, kb, vb),
+                    }
+                }
+                Err(a) => {
+                    if let (Some(c), Some((kb, vb))) = (cache.as_mut(), a.cache) {
+                        c.restore(kb, vb, 0);
+                    }
+                    (
+                        a.q.reshape([b, n, h * hd]),
+                        a.k.reshape([b, n, kv * hd]),
+                        a.v.reshape([b, n, kv * hd]),
+                    )
+                }
+            }
+        };
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
+        let q = apply_rope(split(q, h), &step.cos, &step.sin);
+        let k = apply_rope(split(k, kv), &step.cos, &step.sin);
+        let v = split(v, kv);
+        match cache {
+            Some(c) => {
+                let (k, v) = c.append(step.start, k, v);
+                (q, k, v)
+            }
+            None => (q, k, v),
+        }
+    }
+
     /// `x [b, n, hidden]` at positions `step.start..step.start + n` → `[b, n, hidden]`.
     /// With a cache, the new keys/values are written into it and attention covers every cached
     /// position before them.
@@ -212,14 +273,10 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
-        let q = apply_rope(split(self.q_proj.forward(x.clone()), h), &step.cos, &step.sin);
-        let k = apply_rope(split(self.k_proj.forward(x.clone()), kv), &step.cos, &step.sin);
-        let v = split(self.v_proj.forward(x), kv);
-        let (k, v) = match cache {
-            Some(c) => c.append(step.start, k, v),
-            None => (k, v),
-        };
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let (q, k, v) = self.rope_and_cache(q, k, v, step, cache);
         let t = k.dims()[2];
         let (k, v) = if kv == h {
             (k, v)
