@@ -29,7 +29,50 @@ use half::f16;
 type B = Cuda<f16, i32>;
 
 const USAGE: &str =
-    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops]";
+    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops] [--profile]";
+
+/// `--profile`: one decode step of the model itself, split into its parts: after a prefill of
+/// `prompt` tokens, 48 single-token steps, each timed three ways — `enqueue_ms` (until
+/// `forward_hidden` returns, before the device is synchronised: the host's share), `layers_ms`
+/// (until the device is done with it) and `head_ms` (LM head and argmax of the step, synchronised).
+/// `forward_hidden` checks the ids on the host, one small read per step included in both times.
+/// Medians; one JSON object per shape and batch.
+fn profile(
+    model: &Llama<B>,
+    shape: &str,
+    b: usize,
+    prompt_len: usize,
+    device: &burn::tensor::Device<B>,
+) -> AnyResult<()> {
+    let steps = 48;
+    let mut cache = model.new_cache(b, prompt_len + steps, device)?;
+    let mut rng = SplitMix64::new(11);
+    let ids: Vec<i64> = (0..b * prompt_len).map(|_| rng.below(8192) as i64).collect();
+    let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, prompt_len]), device);
+    let _ = model.forward_hidden(prompt, Some(&mut cache))?;
+    B::sync(device)?;
+    let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![5i64; b], [b, 1]), device);
+    let (mut enqueue, mut layers, mut head) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let t = Instant::now();
+        let hidden = model.forward_hidden(token.clone(), Some(&mut cache))?;
+        enqueue.push(t.elapsed().as_secs_f64() * 1e3);
+        B::sync(device)?;
+        layers.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let _ = model.logits(hidden).argmax(2);
+        B::sync(device)?;
+        head.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "{{\"profile\":\"{shape}\",\"batch\":{b},\"layers\":{},\"enqueue_ms\":{:.3},\"layers_ms\":{:.3},\"head_ms\":{:.3}}}",
+        model.config().num_hidden_layers,
+        median(enqueue),
+        median(layers),
+        median(head)
+    );
+    Ok(())
+}
 
 /// `--ops`: times the operations of one 7B decoding step in isolation (f16, synchronising
 /// around each call, median of `max(reps, 10)`), at batch 1 and 16 with a 1 024-token cache,
@@ -154,8 +197,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &["ops"])?;
-    args.only(&["shapes", "batches", "prompt", "new", "reps", "ops"])?;
+    let args = Args::parse(USAGE, &["ops", "profile"])?;
+    args.only(&["shapes", "batches", "prompt", "new", "reps", "ops", "profile"])?;
     let shapes: String = args.get("shapes", "100m,7b".to_string())?;
     let batches: String = args.get("batches", "1,16".to_string())?;
     let prompt_len: usize = args.get("prompt", 768)?;
@@ -181,6 +224,10 @@ fn main() -> AnyResult<()> {
         );
         for b in batches.split(',') {
             let b: usize = b.parse()?;
+            if args.has("profile") {
+                profile(&model, shape, b, prompt_len, &device)?;
+                continue;
+            }
             let mut rng = SplitMix64::new(7);
             let ids: Vec<i64> = (0..b * prompt_len).map(|_| rng.below(8192) as i64).collect();
             let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, prompt_len]), &device);

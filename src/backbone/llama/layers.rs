@@ -148,9 +148,12 @@ pub(crate) fn rope_tables<B: Backend>(
             }
         }
     }
+    // In `B`'s own float type: Burn 0.21's default is per device, shared by every backend type
+    // on it, so an f16 backend that touched the device first would round f32 tables to f16.
+    let dtype = <B::FloatElem as burn::tensor::Element>::dtype();
     (
-        Tensor::from_data(TensorData::new(cos, [n, head_dim]), device),
-        Tensor::from_data(TensorData::new(sin, [n, head_dim]), device),
+        Tensor::from_data(TensorData::new(cos, [n, head_dim]), (device, dtype)),
+        Tensor::from_data(TensorData::new(sin, [n, head_dim]), (device, dtype)),
     )
 }
 
@@ -277,6 +280,11 @@ impl<B: Backend> Attention<B> {
         let k = self.k_proj.forward(x.clone());
         let v = self.v_proj.forward(x);
         let (q, k, v) = self.rope_and_cache(q, k, v, step, cache);
+        #[cfg(feature = "cubecl")]
+        let (q, k, v) = match super::fused::decode_attention(q, k, v) {
+            Ok(out) => return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd])),
+            Err(qkv) => qkv,
+        };
         let t = k.dims()[2];
         let (k, v) = if kv == h {
             (k, v)
