@@ -213,7 +213,7 @@ impl<B: Backend> Attention<B> {
         k: Tensor<B, 3>,
         v: Tensor<B, 3>,
         step: &Step<B>,
-        mut cache: Option<&mut LayerCache<B>>,
+        #[cfg_attr(not(feature = "cubecl"), allow(unused_mut))] mut cache: Option<&mut LayerCache<B>>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, n, _] = q.dims();
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
