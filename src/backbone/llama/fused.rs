@@ -650,6 +650,15 @@ mod tests {
         t.cast(<B::FloatElem as burn::tensor::Element>::dtype())
     }
 
+    /// The values of `t` on the host, in f64.
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+        t.cast(DType::F32)
+            .into_data()
+            .iter::<f32>()
+            .map(f64::from)
+            .collect()
+    }
+
     /// The tensor-op RMSNorm of `RmsNorm::forward`, for reference.
     fn reference<B: Backend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
         let dtype = x.dtype();
@@ -673,35 +682,11 @@ mod tests {
                 &device,
             ));
             let want = reference(x.clone(), gain.clone(), 1e-6);
-            let xh: Vec<f64> = x
-                .clone()
-                .cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect();
-            let gh: Vec<f64> = gain
-                .clone()
-                .cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect();
+            let xh = host(x.clone());
+            let gh = host(gain.clone());
             let got = super::rms_norm(x, &gain, 1e-6).unwrap_or_else(|_| panic!("kernel not routed"));
-            let goth: Vec<f64> = got
-                .clone()
-                .cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect();
-            let wanth: Vec<f64> = want
-                .clone()
-                .cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect();
+            let goth = host(got.clone());
+            let wanth = host(want.clone());
             let (mut ek, mut eo) = (0.0f64, 0.0f64);
             for r in 0..rows {
                 let row = &xh[r * h..(r + 1) * h];
@@ -748,13 +733,6 @@ mod tests {
             let want = burn::tensor::activation::silu(g.clone()) * u.clone();
             let (g2, u2) = (g.clone(), u.clone());
             let got = super::silu_mul(g, u).unwrap_or_else(|_| panic!("silu kernel not routed"));
-            let host = |t: Tensor<B, 2>| -> Vec<f64> {
-                t.cast(DType::F32)
-                    .into_data()
-                    .iter::<f32>()
-                    .map(f64::from)
-                    .collect()
-            };
             let (gv, uv, got_v, want_v) = (host(g2), host(u2), host(got), host(want));
             let (mut err_kernel, mut err_ops) = (0.0f64, 0.0f64);
             for k in 0..gv.len() {
@@ -791,13 +769,6 @@ mod tests {
         let v = own::<B, _>(Tensor::<B, 2>::random([b * n, kv * hd], normal, &device));
         let (cos, sin) = super::super::layers::rope_tables::<B>(start, n, hd, 10_000.0, &device);
         let (cos, sin) = (own::<B, 2>(cos), own::<B, 2>(sin));
-        let host = |t: Tensor<B, 2>| -> Vec<f64> {
-            t.cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect()
-        };
         let (qh, kh, vh) = (host(q.clone()), host(k.clone()), host(v.clone()));
         let sentinel = 7.0;
         let cache = (
@@ -818,14 +789,7 @@ mod tests {
         let (qo, ko, vo) = super::rope_kv(args).unwrap_or_else(|_| panic!("rope kernel not routed"));
         assert_eq!(qo.dims(), [b, h, n, hd]);
         assert_eq!(ko.dims(), [b, kv, cap, hd]);
-        let host4 = |t: Tensor<B, 4>| -> Vec<f64> {
-            t.cast(DType::F32)
-                .into_data()
-                .iter::<f32>()
-                .map(f64::from)
-                .collect()
-        };
-        let (qo, ko, vo) = (host4(qo), host4(ko), host4(vo));
+        let (qo, ko, vo) = (host(qo), host(ko), host(vo));
         let rotate = |x: &[f64], pos: usize, d: usize| {
             let half = hd / 2;
             let inv = 1.0 / 10_000f64.powf((2 * (d % half)) as f64 / hd as f64);
@@ -894,13 +858,6 @@ mod tests {
             let vc = own::<B, _>(Tensor::<B, 4>::random([b, kv, cap, hd], normal, &device));
             let k = kc.clone().slice([0..b, 0..kv, 0..t, 0..hd]);
             let v = vc.clone().slice([0..b, 0..kv, 0..t, 0..hd]);
-            let host = |x: Tensor<B, 4>| -> Vec<f64> {
-                x.cast(DType::F32)
-                    .into_data()
-                    .iter::<f32>()
-                    .map(f64::from)
-                    .collect()
-            };
             let (qh, kh, vh) = (host(q.clone()), host(kc), host(vc));
             let got =
                 super::decode_attention(q, k, v).unwrap_or_else(|_| panic!("attention kernel not routed"));
