@@ -310,8 +310,11 @@ fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
 }
 
 /// A contiguous uninitialised tensor of `shape` typed like `like`.
-fn empty_shaped<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 4]) -> CubeTensor<R> {
-    let shape = burn::tensor::Shape::from(shape);
+fn empty_shaped<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: impl Into<burn::tensor::Shape>,
+) -> CubeTensor<R> {
+    let shape = shape.into();
     let handle = like.client.empty(shape.num_elements() * like.dtype.size());
     CubeTensor::new_contiguous(
         like.client.clone(),
@@ -331,15 +334,7 @@ fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D
 
 /// An uninitialised contiguous tensor shaped and typed like `like`.
 fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
-    let shape = like.meta.shape().clone();
-    let handle = like.client.empty(shape.num_elements() * like.dtype.size());
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        like.dtype,
-    )
+    empty_shaped(like, like.meta.shape().clone())
 }
 
 /// Launch geometry for one unit per element of `len`.
@@ -503,14 +498,7 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("AR_REFINE_FUSED").is_none_or(|v| v != "0"))
 }
 
-/// `t` as a tensor of backend `C` when `B` is `C`.
-fn cast<B: Backend, C: Backend, const D: usize>(t: &BurnTensor<B, D>) -> Option<BurnTensor<C, D>> {
-    (t as &dyn std::any::Any)
-        .downcast_ref::<BurnTensor<C, D>>()
-        .cloned()
-}
-
-/// `t` moved to backend `B` when `C` is `B` (either direction of [`cast`]).
+/// `t` moved to backend `B` when `C` is `B` (callers check the `TypeId`s first).
 fn uncast<C: Backend, B: Backend, const D: usize>(t: BurnTensor<C, D>) -> Option<BurnTensor<B, D>> {
     (Box::new(t) as Box<dyn std::any::Any>)
         .downcast::<BurnTensor<B, D>>()
@@ -529,10 +517,14 @@ pub(crate) fn rms_norm<B: Backend>(
     }
     macro_rules! attempt {
         ($c:ty) => {
-            if let (Some(xc), Some(gc)) = (cast::<B, $c, 2>(&x), cast::<B, $c, 1>(gain)) {
-                if let Some(y) = uncast(<$c>::fused_rms_norm(xc, gc, eps)) {
-                    return Ok(y);
-                }
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
+                // `B` is `$c`: the moves below cannot fail.
+                let y = <$c>::fused_rms_norm(
+                    uncast(x).expect("same type"),
+                    uncast(gain.clone()).expect("same type"),
+                    eps,
+                );
+                return Ok(uncast(y).expect("same type"));
             }
         };
     }
@@ -552,10 +544,13 @@ pub(crate) fn silu_mul<B: Backend>(
     }
     macro_rules! attempt {
         ($c:ty) => {
-            if let (Some(g), Some(u)) = (cast::<B, $c, 2>(&gate), cast::<B, $c, 2>(&up)) {
-                if let Some(y) = uncast(<$c>::fused_silu_mul(g, u)) {
-                    return Ok(y);
-                }
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
+                // `B` is `$c`: the moves below cannot fail.
+                let y = <$c>::fused_silu_mul(
+                    uncast(gate).expect("same type"),
+                    uncast(up).expect("same type"),
+                );
+                return Ok(uncast(y).expect("same type"));
             }
         };
     }
