@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu
 //! llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3]
+//! llama_bench_gpu --check | --ops | --proj | --profile
 //! ```
 //!
 //! For each shape (LVM's 100M and 7B configurations, random weights, f16 on the CUDA device) and
@@ -29,7 +30,7 @@ use half::f16;
 type B = Cuda<f16, i32>;
 
 const USAGE: &str =
-    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops] [--profile]";
+    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops | --proj] [--profile] [--check]";
 
 /// `--profile`: one decode step of the model itself, split into its parts: after a prefill of
 /// `prompt` tokens, 48 single-token steps, each timed three ways — `enqueue_ms` (until
@@ -74,6 +75,42 @@ fn profile(
     Ok(())
 }
 
+/// `--check`: the decode path against the prefill path on the device. For a 4-layer model of the
+/// 100M shape and batches 1 and 16, the logits of the last of 40 prompt tokens computed in one
+/// pass (Burn's matmuls: more than 16 rows) and by a cached prefill of 39 tokens followed by one
+/// decode step (the fused skinny projections, RoPE/cache and attention kernels). Prints the
+/// largest difference relative to the largest logit; an error above 1e-2 (f16 rounding of two
+/// different summation orders is ~1e-3) fails the run.
+fn check(device: &burn::tensor::Device<B>) -> AnyResult<()> {
+    let mut config = LlamaConfig::lvm_100m();
+    config.num_hidden_layers = 4;
+    let model = Llama::<B>::new(config, device)?;
+    let p = 40;
+    for b in [1usize, 16] {
+        let mut rng = SplitMix64::new(3);
+        let ids: Vec<i64> = (0..b * p).map(|_| rng.below(8192) as i64).collect();
+        let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, p]), device);
+        let full = model.logits(model.forward_hidden(prompt.clone(), None)?);
+        let vocab = full.dims()[2];
+        let want = full.slice([0..b, p - 1..p, 0..vocab]);
+        let mut cache = model.new_cache(b, p, device)?;
+        let _ = model.forward_hidden(prompt.clone().slice([0..b, 0..p - 1]), Some(&mut cache))?;
+        let step = model.forward_hidden(prompt.slice([0..b, p - 1..p]), Some(&mut cache))?;
+        let got = model.logits(step);
+        let scale = want.clone().abs().max().into_scalar().to_f64();
+        let diff = (got - want).abs().max().into_scalar().to_f64();
+        let rel = diff / scale.max(1e-12);
+        println!("{{\"check\":\"decode vs prefill logits\",\"batch\":{b},\"max_abs_diff\":{diff:.3e},\"max_abs_logit\":{scale:.3e},\"relative\":{rel:.3e}}}");
+        if rel.is_nan() || rel > 1e-2 {
+            return Err(format!(
+                "batch {b}: decode logits differ from prefill logits by {rel:.3e} of the largest"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// `--ops`: times the operations of one 7B decoding step in isolation (f16, synchronising
 /// around each call, median of `max(reps, 10)`), at batch 1 and 16 with a 1 024-token cache,
 /// written as the model writes them (`src/backbone/llama/layers.rs`): RMSNorm with its f32
@@ -81,7 +118,7 @@ fn profile(
 /// cache write, attention over the cache, SwiGLU, the residual add and the LM head. Each line
 /// gives ms, bytes moved and the share of the H200's 4.8 TB/s; `count` is how often the op
 /// runs per step (32 layers), `step_ms` = ms × count.
-fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
+fn ops(device: &burn::tensor::Device<B>, reps: usize, proj_only: bool) -> AnyResult<()> {
     use burn::tensor::activation::silu;
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
@@ -113,12 +150,14 @@ fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
     for b in [1usize, 16] {
         let x = Tensor::<B, 3>::random([b, 1, h], normal, device);
         let gain = Tensor::<B, 1>::ones([h], device);
-        let ms = time(&mut || {
-            let y = x.clone().cast(DType::F32);
-            let rms = y.clone().powi_scalar(2).mean_dim(2).add_scalar(1e-6).sqrt();
-            let _ = y.div(rms).cast(DType::F16) * gain.clone().unsqueeze::<3>();
-        })?;
-        report("rmsnorm", b, ms, (4 * b * h) as f64, 2 * layers);
+        if !proj_only {
+            let ms = time(&mut || {
+                let y = x.clone().cast(DType::F32);
+                let rms = y.clone().powi_scalar(2).mean_dim(2).add_scalar(1e-6).sqrt();
+                let _ = y.div(rms).cast(DType::F16) * gain.clone().unsqueeze::<3>();
+            })?;
+            report("rmsnorm", b, ms, (4 * b * h) as f64, 2 * layers);
+        }
         for (name, k, n, count) in [
             ("q/k/v/o proj", h, h, 4 * layers),
             ("gate/up proj", h, inter, 2 * layers),
@@ -127,14 +166,24 @@ fn ops(device: &burn::tensor::Device<B>, reps: usize) -> AnyResult<()> {
         ] {
             let w = Tensor::<B, 2>::random([n, k], normal, device);
             let xin = Tensor::<B, 3>::random([b, 1, k], normal, device);
+            let bytes = (2 * (n * k + b * (k + n))) as f64;
+            if !proj_only {
+                let ms = time(&mut || {
+                    let _ = xin
+                        .clone()
+                        .reshape([b, k])
+                        .matmul(w.clone().transpose())
+                        .reshape([b, 1, n]);
+                })?;
+                report(name, b, ms, bytes, count);
+            }
             let ms = time(&mut || {
-                let _ = xin
-                    .clone()
-                    .reshape([b, k])
-                    .matmul(w.clone().transpose())
-                    .reshape([b, 1, n]);
+                let _ = ar_refine::backbone::linear_t(xin.clone(), w.clone());
             })?;
-            report(name, b, ms, (2 * (n * k + b * (k + n))) as f64, count);
+            report(&format!("{name} (linear_t)"), b, ms, bytes, count);
+        }
+        if proj_only {
+            continue;
         }
         let q = Tensor::<B, 4>::random([b, heads, 1, hd], normal, device);
         let cos = Tensor::<B, 4>::random([1, 1, 1, hd], normal, device);
@@ -197,8 +246,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &["ops", "profile"])?;
-    args.only(&["shapes", "batches", "prompt", "new", "reps", "ops", "profile"])?;
+    let args = Args::parse(USAGE, &["ops", "proj", "profile", "check"])?;
+    args.only(&[
+        "shapes", "batches", "prompt", "new", "reps", "ops", "proj", "profile", "check",
+    ])?;
     let shapes: String = args.get("shapes", "100m,7b".to_string())?;
     let batches: String = args.get("batches", "1,16".to_string())?;
     let prompt_len: usize = args.get("prompt", 768)?;
@@ -206,7 +257,13 @@ fn main() -> AnyResult<()> {
     let reps: usize = args.get("reps", 3)?;
     let device = Default::default();
     if args.has("ops") {
-        return ops(&device, reps);
+        return ops(&device, reps, false);
+    }
+    if args.has("proj") {
+        return ops(&device, reps, true);
+    }
+    if args.has("check") {
+        return check(&device);
     }
     for shape in shapes.split(',') {
         let config = match shape {

@@ -6,7 +6,8 @@
 # Build on the CPU machine, e.g. for the default variant:
 #   cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu --example train_tokenizer
 # STAGE: gen (headline variant, full settings, + transformers) | variants (every other variant,
-# shorter runs) | vq (training step). Logs go to $OUT.
+# shorter runs) | check (decode vs prefill logits on the device, then the per-step profile) |
+# vq (training step). Logs go to $OUT.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out" .run-bin
 main="${MAIN:-autotune}"
@@ -21,6 +22,36 @@ gen)
     ".run-bin/llama_bench_gpu-$main" ${GEN_ARGS:-} 2>&1 | tee "$out/gen-$main.jsonl"
     echo "== transformers"
     PYTHONUNBUFFERED=1 python3 scripts/llama_bench.py ${GEN_ARGS:-} 2>&1 | grep -v Warning | tee "$out/gen-torch.jsonl"
+    ;;
+sweep)
+    # The skinny projection kernel's geometry (outputs per group r, groups per cube g) against
+    # Burn's matmul at the 7B shapes; the best by summed step_ms at batch 16 (ties: batch 1) is
+    # written to $out/skinny-best.txt for the generation run that follows.
+    unpack "llama_bench_gpu-$main"
+    ".run-bin/llama_bench_gpu-$main" --ops 2>&1 | tee "$out/ops-$main.jsonl"
+    for rg in 1,4 2,4 4,4 1,8 2,8 4,2 8,2; do
+        AR_REFINE_SKINNY=$rg ".run-bin/llama_bench_gpu-$main" --proj 2>&1 | sed "s/^{/{\"skinny\":\"$rg\",/" | tee -a "$out/proj-sweep-$main.jsonl"
+    done
+    python3 - "$out/proj-sweep-$main.jsonl" > "$out/skinny-best.txt" <<'PY'
+import json, sys, collections
+tot = collections.defaultdict(lambda: [0.0, 0.0])
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    if "lm_head" in r["op"]:
+        continue
+    tot[r["skinny"]][0 if r["batch"] == 16 else 1] += r["step_ms"]
+print(min(tot, key=lambda k: tuple(tot[k])))
+PY
+    cat "$out/skinny-best.txt"
+    ;;
+check)
+    unpack "llama_bench_gpu-$main"
+    echo "== ar-refine ($main): decode vs prefill"
+    ".run-bin/llama_bench_gpu-$main" --check 2>&1 | tee "$out/check-$main.jsonl"
+    echo "== ar-refine ($main): profile"
+    ".run-bin/llama_bench_gpu-$main" --profile 2>&1 | tee "$out/profile-$main.jsonl"
     ;;
 variants)
     for f in .bin/llama_bench_gpu-*.xz; do

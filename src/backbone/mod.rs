@@ -8,8 +8,8 @@ mod score;
 
 pub use generate::generate_by_forward;
 pub use llama::{
-    lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama, LlamaConfig,
-    LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback,
+    linear_t, lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama,
+    LlamaConfig, LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback,
 };
 pub use sampling::Sampling;
 pub(crate) use score::token_scores;

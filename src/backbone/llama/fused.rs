@@ -255,6 +255,99 @@ fn decode_attention_kernel<F: Float>(
     }
 }
 
+/// `y [m, n] = x [m, k] · wᵀ` for a few rows (`m ≤ 16`, decode time) with `w [n, k]` in the
+/// layout the weights are stored (HF's `[out, in]`): each group of `lanes` units (a warp on
+/// CUDA) owns `r` consecutive outputs and walks `k` in vectors of `N` elements, so a group reads
+/// `lanes · N` contiguous elements of each of its weight rows per step; every weight vector,
+/// converted to f32 once, serves all `m` rows of `x` (`m · r` f32 accumulators per unit). The
+/// units' partial sums are then added through shared memory. The cube is `[lanes, groups]`;
+/// `x`, `w` contiguous; one rounding to `F` at the end.
+#[cube(launch_unchecked)]
+fn skinny_linear_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    y: &mut Tensor<F>,
+    #[comptime] m: usize,
+    #[comptime] r: usize,
+    #[comptime] lanes: usize,
+    #[comptime] groups: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let n = w.shape(0);
+    let kv = w.shape(1) / w.vector_size();
+    let lane = UNIT_POS_X as usize;
+    let group = UNIT_POS_Y as usize;
+    let o0 = (CUBE_POS_X as usize * groups + group) * r;
+    let mut acc = Array::<f32>::new(m * r);
+    #[unroll]
+    for i in 0..m * r {
+        acc[i] = 0.0f32;
+    }
+    let mut wf = Array::<Vector<f32, N>>::new(r);
+    let steps = kv.div_ceil(lanes);
+    for s in 0..steps {
+        let j = s * lanes + lane;
+        let ok = j < kv;
+        #[unroll]
+        for ri in 0..r {
+            // Rows past `n` read row 0 (a valid address) and are never written.
+            let row = select(o0 + ri < n, o0 + ri, 0);
+            let v = Vector::<f32, N>::cast_from(w[select(ok, row * kv + j, 0)]);
+            wf[ri] = select(ok, v, Vector::<f32, N>::new(0.0f32));
+        }
+        #[unroll]
+        for mi in 0..m {
+            let xv = Vector::<f32, N>::cast_from(x[select(ok, mi * kv + j, 0)]);
+            #[unroll]
+            for ri in 0..r {
+                let p = xv * wf[ri];
+                let mut t = acc[mi * r + ri];
+                #[unroll]
+                for e in 0..p.size() {
+                    t += p[e];
+                }
+                acc[mi * r + ri] = t;
+            }
+        }
+    }
+    // Partial sums across the lanes through shared memory, `chunk` accumulators per unit at a
+    // time (at most 8.4 KB: WebGPU guarantees 16 KB), row stride `lanes + 1` against bank
+    // conflicts: each round adds `groups · chunk` rows of `lanes` values, split over the units.
+    let mr = m * r;
+    let chunk = comptime!(if mr < 16 { mr } else { 16 });
+    let stride = lanes + 1;
+    let units = lanes * groups;
+    let unit = group * lanes + lane;
+    let rows = groups * chunk;
+    let mut red = SharedMemory::<f32>::new(groups * chunk * (lanes + 1));
+    #[unroll]
+    for c in 0..mr.div_ceil(chunk) {
+        #[unroll]
+        for i in 0..chunk {
+            if comptime!(c * chunk + i < mr) {
+                red[(group * chunk + i) * stride + lane] = acc[c * chunk + i];
+            }
+        }
+        sync_cube();
+        for p in 0..rows.div_ceil(units) {
+            let row = p * units + unit;
+            // row = (group g, accumulator c·chunk + i) of the cube.
+            let a = c * chunk + row % chunk;
+            if row < rows && a < mr {
+                let mut total = 0.0f32;
+                for l in 0..lanes {
+                    total += red[row * stride + l];
+                }
+                let o = (CUBE_POS_X as usize * groups + row / chunk) * r + a % r;
+                if o < n {
+                    y[(a / r) * n + o] = F::cast_from(total);
+                }
+            }
+        }
+        sync_cube();
+    }
+}
+
 /// Backends with the fused decoder kernels.
 pub(crate) trait FusedBackend: Backend {
     /// RMSNorm of `x [rows, h]` with `gain [h]` → `[rows, h]` (see [`rms_norm_kernel`]).
@@ -271,6 +364,12 @@ pub(crate) trait FusedBackend: Backend {
         v: BurnTensor<Self, 4>,
         max_t: usize,
     ) -> BurnTensor<Self, 4>;
+    /// `x [m, k] · wᵀ` with `w [n, k]` → `[m, n]` for `m ≤` [`SKINNY_MAX_ROWS`] (see
+    /// [`skinny_linear_kernel`]); `Err(x)` for more rows.
+    fn fused_skinny_linear(
+        x: BurnTensor<Self, 2>,
+        w: BurnTensor<Self, 2>,
+    ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>>;
 }
 
 /// Queries, keys and values, each `[b, heads, positions, hd]`.
@@ -470,6 +569,55 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         drop((q, k, v));
         BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
     }
+
+    fn fused_skinny_linear(
+        x: BurnTensor<Self, 2>,
+        w: BurnTensor<Self, 2>,
+    ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>> {
+        let ([m, k], [n, _]) = (x.dims(), w.dims());
+        if m == 0 || m > SKINNY_MAX_ROWS {
+            return Err(x);
+        }
+        let (x, w) = (prim(x), prim(w));
+        // The widest vector (at most 16 bytes) that divides `k`.
+        let vs = x
+            .client
+            .io_optimized_vector_sizes(x.dtype.size())
+            .filter(|v| k % *v == 0)
+            .max()
+            .unwrap_or(1);
+        // Outputs per group: more rows of `x` reuse each weight vector more, so a group takes
+        // fewer outputs to keep its `m · r` accumulators in registers.
+        let (r, groups) = skinny_geometry(m);
+        let lanes = SKINNY_LANES;
+        let out = empty_shaped(&x, [m, n]);
+        let dtype = x.dtype.into();
+        // SAFETY: lanes read `w` at row `min(o, 0 if o ≥ n)` < n, vector `j < k / vs` (index 0
+        // when `j` is past the row), `x` at row `mi < m`, same vector; `y` is written at
+        // `mi·n + o` only for `o < n`. All three are contiguous with the shapes above, `vs`
+        // divides `k`; the shared array has `groups · m · r · (lanes + 1)` entries, indexed
+        // below that by `group < groups`, `lane < lanes` (the cube is `[lanes, groups]`).
+        unsafe {
+            skinny_linear_kernel::launch_unchecked::<R>(
+                &x.client.clone(),
+                CubeCount::Static(n.div_ceil(groups * r) as u32, 1, 1),
+                CubeDim::new_2d(lanes as u32, groups as u32),
+                vs,
+                x.clone().into_tensor_arg(),
+                w.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                m,
+                r,
+                lanes,
+                groups,
+                dtype,
+            );
+        }
+        drop((x, w));
+        Ok(BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+            out,
+        )))
+    }
 }
 
 /// Expands `$try!(Type)` for every CubeCL backend type this crate was built with (not their
@@ -630,6 +778,56 @@ pub(crate) fn decode_attention<B: Backend>(
     for_cube_backends!(attempt);
     let _ = max_t;
     Err((q, k, v))
+}
+
+/// Units along `k` per output row in [`skinny_linear_kernel`] (a warp on CUDA).
+const SKINNY_LANES: usize = 32;
+
+/// Outputs per group and groups per cube of [`skinny_linear_kernel`] for `m` rows of `x`:
+/// `AR_REFINE_SKINNY=r,groups` in the environment (read once) sets both for every `m` — for
+/// measuring. The defaults are the fastest of seven geometries at the 7B shapes on an H200
+/// (`bench-results/gpu-speed-v3-proj-sweep-skinny.jsonl`): 4 outputs per group and 2 groups
+/// per cube for one row (decode at batch 1), 8 and 2 from 8 rows (batch 16).
+fn skinny_geometry(m: usize) -> (usize, usize) {
+    static SET: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    let set = SET.get_or_init(|| {
+        let v = std::env::var("AR_REFINE_SKINNY").ok()?;
+        let (r, g) = v.split_once(',')?;
+        let (r, g) = (r.trim().parse().ok()?, g.trim().parse().ok()?);
+        ((1..=8).contains(&r) && (1..=16).contains(&g)).then_some((r, g))
+    });
+    set.unwrap_or(if m >= 8 { (8, 2) } else { (4, 2) })
+}
+
+/// Most rows of `x` that [`skinny_linear`] takes: decode steps of up to 16 sequences.
+pub(crate) const SKINNY_MAX_ROWS: usize = 16;
+
+/// `x [m, k] · wᵀ` with `w [n, k]` (HF's `[out, in]`) → `[m, n]` by the fused kernel, for
+/// `m ≤` [`SKINNY_MAX_ROWS`]; `Err(x)` on other backends or for more rows.
+pub(crate) fn skinny_linear<B: Backend>(
+    x: BurnTensor<B, 2>,
+    w: &BurnTensor<B, 2>,
+) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
+    if !enabled() || x.dims()[0] > SKINNY_MAX_ROWS || x.dims()[1] != w.dims()[1] {
+        return Err(x);
+    }
+    macro_rules! attempt {
+        ($c:ty) => {
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
+                // `B` is `$c`: the moves below cannot fail.
+                return match <$c>::fused_skinny_linear(
+                    uncast(x).expect("same type"),
+                    uncast(w.clone()).expect("same type"),
+                ) {
+                    Ok(y) => Ok(uncast(y).expect("same type")),
+                    Err(x) => Err(uncast(x).expect("same type")),
+                };
+            }
+        };
+    }
+    for_cube_backends!(attempt);
+    let _ = w;
+    Err(x)
 }
 
 #[cfg(all(test, feature = "wgpu"))]
@@ -891,6 +1089,53 @@ mod tests {
     #[test]
     fn fused_decode_attention_matches_f64_wgpu_f16() {
         check_attention::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(2e-2);
+    }
+
+    /// `x · wᵀ` by the skinny kernel against f64 on the host: row counts 1–16 (the outputs
+    /// per group change at 8), widths that take vectors of 1, 2 and 4 elements, output counts
+    /// that leave a cube's last outputs past the end. The error is scaled by `Σ|x||w|`,
+    /// the bound of the f32 accumulation and the final rounding.
+    fn check_skinny<B: Backend>(tol: f64) {
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        for (m, k, n) in [(1, 7, 5), (2, 64, 33), (3, 1030, 17), (8, 256, 130), (16, 520, 9)] {
+            let x = own::<B, _>(Tensor::<B, 2>::random([m, k], normal, &device));
+            let w = own::<B, _>(Tensor::<B, 2>::random([n, k], normal, &device));
+            let (xh, wh) = (host(x.clone()), host(w.clone()));
+            let got = super::skinny_linear(x, &w).unwrap_or_else(|_| panic!("skinny kernel not routed"));
+            assert_eq!(got.dims(), [m, n]);
+            let got = host(got);
+            let mut err = 0.0f64;
+            for i in 0..m {
+                for o in 0..n {
+                    let terms = (0..k).map(|j| xh[i * k + j] * wh[o * k + j]);
+                    let want: f64 = terms.clone().sum();
+                    let scale: f64 = terms.map(f64::abs).sum();
+                    err = err.max((got[i * n + o] - want).abs() / scale);
+                }
+            }
+            assert!(
+                err <= tol,
+                "[{m}, {k}] · [{n}, {k}]ᵀ: error {err} of Σ|x||w| (tolerance {tol})"
+            );
+        }
+        let many = own::<B, _>(Tensor::<B, 2>::ones([super::SKINNY_MAX_ROWS + 1, 8], &device));
+        let w = own::<B, _>(Tensor::<B, 2>::ones([3, 8], &device));
+        assert!(
+            super::skinny_linear(many, &w).is_err(),
+            "more than 16 rows take the matmul"
+        );
+    }
+
+    #[test]
+    fn fused_skinny_linear_matches_f64_wgpu_f32() {
+        check_skinny::<burn::backend::Wgpu>(1e-6);
+    }
+
+    #[test]
+    fn fused_skinny_linear_matches_f64_wgpu_f16() {
+        // Exact products of f16 inputs, f32 sums, one f16 rounding of the result.
+        check_skinny::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(1e-3);
     }
 
     #[test]

@@ -77,8 +77,32 @@ fn flat_matmul<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> 
     x.reshape([rows, k]).matmul(w).reshape(dims)
 }
 
-/// `x [.., in] @ w_tᵀ` with `w_t: [out, in]` → `[.., out]` (one flattened matmul).
-pub(crate) fn linear_t<B: Backend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) -> Tensor<B, D> {
+/// `x [.., in] @ w_tᵀ` with `w_t: [out, in]` (HF's layout) → `[.., out]`: one flattened
+/// `[rows, in]` matmul, or for at most 16 rows on a CubeCL backend (not `Autodiff`) the fused
+/// skinny kernel that reads `w_t` in place — what the decoder's projections use at decode time.
+///
+/// ```
+/// use ar_refine::backbone::linear_t;
+/// use burn::backend::NdArray;
+/// use burn::tensor::Tensor;
+/// let x = Tensor::<NdArray, 3>::ones([2, 1, 4], &Default::default());
+/// let w = Tensor::<NdArray, 2>::ones([3, 4], &Default::default());
+/// assert_eq!(linear_t(x, w).dims(), [2, 1, 3]);
+/// ```
+pub fn linear_t<B: Backend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) -> Tensor<B, D> {
+    #[cfg(feature = "cubecl")]
+    {
+        let mut dims = x.dims();
+        let k = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if rows <= super::fused::SKINNY_MAX_ROWS {
+            dims[D - 1] = w_t.dims()[0];
+            return match super::fused::skinny_linear(x.reshape([rows, k]), &w_t) {
+                Ok(y) => y.reshape(dims),
+                Err(x2) => flat_matmul(x2, w_t.transpose()).reshape(dims),
+            };
+        }
+    }
     flat_matmul(x, w_t.transpose())
 }
 

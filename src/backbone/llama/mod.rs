@@ -19,6 +19,7 @@ mod train;
 pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use generate::{GenerateOptions, Generation, TokenCallback};
+pub use layers::linear_t;
 pub use lora::{load_lora, save_lora, LoraConfig};
 pub use model::{Llama, ProjName};
 pub use train::{lm_loss, train_lm, LmTrainConfig, StepReport};
