@@ -1,13 +1,7 @@
-//! Any bytes as a LLaMA `config.json`: parsed and validated, or a typed error.
+//! libFuzzer entry for `llama_config` (the body is in `fuzz/targets.rs`).
 #![no_main]
 
-#[path = "common.rs"]
-mod common;
+#[path = "../targets.rs"]
+mod targets;
 
-use ar_refine::backbone::LlamaConfig;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let path = common::file_with("config.json", data);
-    let _ = LlamaConfig::from_file(&path);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::llama_config(data));

@@ -1,18 +1,7 @@
-//! Any bytes as a PyTorch checkpoint (zip + pickle): opening and reading every tensor either
-//! works or is a typed error.
+//! libFuzzer entry for `pytorch_open` (the body is in `fuzz/targets.rs`).
 #![no_main]
 
-#[path = "common.rs"]
-mod common;
+#[path = "../targets.rs"]
+mod targets;
 
-use ar_refine::io::open_checkpoint;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let path = common::file_with("input.bin", data);
-    if let Ok(src) = open_checkpoint(&path) {
-        for key in src.keys() {
-            let _ = src.read_f32(&key);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::pytorch_open(data));

@@ -1,13 +1,7 @@
-//! Any bytes as a VQGAN `config.json` (open-MUSE, diffusers or taming flavour).
+//! libFuzzer entry for `vqgan_config` (the body is in `fuzz/targets.rs`).
 #![no_main]
 
-#[path = "common.rs"]
-mod common;
+#[path = "../targets.rs"]
+mod targets;
 
-use ar_refine::tokenizer::VqganConfig;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let path = common::file_with("config.json", data);
-    let _ = VqganConfig::from_file(&path);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::vqgan_config(data));
