@@ -4,6 +4,7 @@ mod atomic;
 mod checksum;
 mod image;
 mod module;
+mod pickle_scan;
 mod pytorch;
 mod safetensors;
 mod source;

@@ -34,6 +34,7 @@ impl PytorchFile {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
+        super::pickle_scan::check_checkpoint(path)?;
         let reader = PytorchReader::new(path).map_err(|e| Error::Checkpoint {
             path: path.to_path_buf(),
             reason: format!("not a readable PyTorch checkpoint: {e}"),
@@ -84,6 +85,21 @@ impl TensorSource for PytorchFile {
             return Err(bad(format!(
                 "tensor {key} has dtype {:?}; expected a float type",
                 t.dtype
+            )));
+        }
+        // `burn-store` allocates the elements a tensor's shape claims before reading them: the
+        // claim must fit in the file.
+        let file_len = std::fs::metadata(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > file_len) {
+            return Err(bad(format!(
+                "tensor {key} of shape {:?} needs more bytes than the file's {file_len}",
+                t.shape
             )));
         }
         let data = t
