@@ -17,4 +17,5 @@ pub use self::safetensors::{
 };
 pub use atomic::write_atomic;
 pub use checksum::fnv1a64;
+pub(crate) use source::check_param_budget;
 pub use source::{open_checkpoint, TensorSource};

@@ -49,6 +49,30 @@ pub trait TensorSource {
     }
 }
 
+/// Checks, before a loader allocates anything, that a configuration's parameters can come from
+/// `source`: `needed` (at least as many elements as the configuration's model has, `None`
+/// when that count overflows) must not exceed the elements `source` holds, since every
+/// parameter must be read from it. `what` names the configuration in the error.
+pub(crate) fn check_param_budget(source: &dyn TensorSource, needed: Option<u128>, what: &str) -> Result<()> {
+    let held: u128 = source
+        .keys()
+        .iter()
+        .filter_map(|k| source.shape(k))
+        .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
+        .sum();
+    match needed {
+        Some(n) if n <= held => Ok(()),
+        _ => Err(Error::Checkpoint {
+            path: source.path().to_path_buf(),
+            reason: format!(
+                "{what} describes {} parameters, but the checkpoint holds {held} values in all: \
+                 config and checkpoint do not belong together (nothing was allocated)",
+                needed.map_or("more than 2^128".to_string(), |n| n.to_string())
+            ),
+        }),
+    }
+}
+
 /// Opens a checkpoint by its name: `.safetensors`, a `*.safetensors.index.json` shard index or a
 /// directory with `model.safetensors` / `diffusion_pytorch_model.safetensors` → safetensors;
 /// `.bin`, `.pt`, `.pth`, `.ckpt` (or a directory with `pytorch_model.bin`) → PyTorch pickle

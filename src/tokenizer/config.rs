@@ -95,6 +95,26 @@ impl VqganConfig {
         self.resolution / self.downsampling()
     }
 
+    /// A lower bound on the model's parameter count, computed without building it: the 3×3
+    /// convolutions between equal widths that every layout has (the second convolution of each
+    /// encoder and decoder residual block per level, both of the four mid-block residual
+    /// blocks) plus the codebook; `None` if it overflows.
+    pub fn param_lower_bound(&self) -> Option<u128> {
+        let mut total = (self.num_embeddings as u128).checked_mul(self.embed_dim as u128)?;
+        let blocks = 2 * self.num_res_blocks as u128 + 1;
+        for level in 0..self.channel_mult.len() {
+            let w = (self.hidden_channels as u128).checked_mul(self.channel_mult[level] as u128)?;
+            total = total.checked_add(w.checked_mul(w)?.checked_mul(9)?.checked_mul(blocks)?)?;
+        }
+        let last = self
+            .channel_mult
+            .last()
+            .map_or(Some(self.hidden_channels as u128), |m| {
+                (self.hidden_channels as u128).checked_mul(*m as u128)
+            })?;
+        total.checked_add(last.checked_mul(last)?.checked_mul(9 * 8)?)
+    }
+
     /// Width of level `i`.
     pub fn width(&self, level: usize) -> usize {
         self.hidden_channels * self.channel_mult[level]

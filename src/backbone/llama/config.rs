@@ -205,6 +205,29 @@ impl LlamaConfig {
     }
 
     /// Checks sizes and rejects features this implementation does not have.
+    /// The number of parameters of the model this config describes (embedding, layers, final
+    /// norm and an untied LM head), computed without building it; `None` if it overflows.
+    pub fn param_count(&self) -> Option<u128> {
+        let (v, h, i) = (
+            self.vocab_size as u128,
+            self.hidden_size as u128,
+            self.intermediate_size as u128,
+        );
+        let (heads, kv, hd) = (
+            self.num_attention_heads as u128,
+            self.kv_heads() as u128,
+            self.head_dim() as u128,
+        );
+        let attn = h.checked_mul(hd)?.checked_mul(2 * heads + 2 * kv)?;
+        let mlp = h.checked_mul(i)?.checked_mul(3)?;
+        let layer = attn.checked_add(mlp)?.checked_add(2 * h)?;
+        let head = if self.tie_word_embeddings { 1 } else { 2 };
+        layer
+            .checked_mul(self.num_hidden_layers as u128)?
+            .checked_add(v.checked_mul(h)?.checked_mul(head)?)?
+            .checked_add(h)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("LLaMA config: {m}")));
         let sizes = [
