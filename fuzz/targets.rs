@@ -11,8 +11,11 @@ use ar_refine::io::{load_image, open_checkpoint, SafetensorsFile, TensorSource};
 use ar_refine::tokenizer::VqganConfig;
 use burn::backend::NdArray;
 
+/// A target's body: one input, any bytes.
+pub type Body = fn(&[u8]);
+
 /// Every target by name, in the order of `fuzz/Cargo.toml`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("safetensors_open", safetensors_open),
     ("pytorch_open", pytorch_open),
     ("llama_config", llama_config),

@@ -27,6 +27,7 @@ pub mod backbone;
 pub(crate) mod checks;
 pub mod data;
 pub mod decode;
+mod device_watch;
 pub mod error;
 pub mod eval;
 pub mod io;
@@ -40,6 +41,7 @@ pub mod traits;
 
 pub use backbone::{generate_by_forward, Sampling};
 pub use decode::{nearest_codes, Codebook, KernelPrecision, Metric, DEFAULT_MEMORY_BUDGET};
+pub use device_watch::{check_device, device_panics, watch_device_panics};
 pub use error::{Error, Result};
 pub use pipeline::{RefinementOutput, SelfRefinement};
 pub use refiner::{

@@ -60,3 +60,17 @@ fn a_vqgan_config_two_million_channels_wide_is_refused_at_once() {
     }
     assert!(Vqgan::<NdArray>::load(&ckpt, None, &Default::default()).is_ok());
 }
+
+#[test]
+fn generate_refuses_more_new_tokens_than_anyone_means() {
+    let dir = fixtures().join("llama/gqa");
+    let model = Llama::<NdArray>::from_pretrained(&dir, &Default::default()).unwrap();
+    let prompt = burn::tensor::Tensor::<NdArray, 2, burn::tensor::Int>::zeros([1, 4], &Default::default());
+    let n_new = ar_refine::backbone::MAX_NEW_TOKENS + 1;
+    let sampling = ar_refine::Sampling::greedy();
+    match model.generate_with(prompt, n_new, &sampling, Default::default()) {
+        Err(Error::Config(m)) => assert!(m.contains("n_new"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("generated {n_new} tokens"),
+    }
+}

@@ -9,7 +9,7 @@ mod score;
 pub use generate::generate_by_forward;
 pub use llama::{
     linear_t, lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama,
-    LlamaConfig, LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback,
+    LlamaConfig, LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback, MAX_NEW_TOKENS,
 };
 pub use sampling::Sampling;
 pub(crate) use score::token_scores;

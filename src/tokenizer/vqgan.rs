@@ -96,6 +96,7 @@ impl<B: Backend> Vqgan<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate()?;
+        crate::watch_device_panics();
         crate::io::check_param_budget(source, config.param_lower_bound(), "the VQGAN config")?;
         let layout = Layout::detect(&source.keys());
         let mut model = VqganModel::new(&config, device);

@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::traits::{ArBackbone, ForwardOutput};
 
+/// The most tokens one [`Llama::generate_with`] call produces (4,096 LVM images of 256 tokens):
+/// more is a caller's mistake, not a request, and is refused before anything is allocated.
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
 /// A per-token callback: step index and the new id of each batch row.
 pub type TokenCallback<'a> = dyn FnMut(usize, &[i64]) + 'a;
 
@@ -72,9 +75,16 @@ impl<B: Backend> Llama<B> {
         sampling: &Sampling,
         mut opts: GenerateOptions<'_>,
     ) -> Result<Generation<B>> {
+        crate::watch_device_panics();
         validate_prompt(self, &prompt, sampling)?;
         if n_new == 0 {
             return Err(Error::Config("generate needs n_new >= 1".into()));
+        }
+        if n_new > MAX_NEW_TOKENS {
+            return Err(Error::Config(format!(
+                "generate: n_new {n_new} is more than {MAX_NEW_TOKENS} tokens (an LVM image is 256); \
+                 generate in pieces if you mean it"
+            )));
         }
         let prompt = match opts.context_images {
             Some((per, max)) => truncate_images(prompt, per, max)?,
@@ -158,6 +168,8 @@ impl<B: Backend> Llama<B> {
         if on_device {
             ensure_finite(&last_hidden, "backbone hidden states")?;
         }
+        // A GPU runtime failure while generating leaves zeros behind, not an error.
+        crate::check_device()?;
         let scores = opts.want_scores.map(|_| AnswerScores {
             log_prob: Tensor::cat(log_probs, 1),
             entropy: Tensor::cat(entropies, 1),

@@ -18,7 +18,7 @@ mod train;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
-pub use generate::{GenerateOptions, Generation, TokenCallback};
+pub use generate::{GenerateOptions, Generation, TokenCallback, MAX_NEW_TOKENS};
 pub use layers::linear_t;
 pub use lora::{load_lora, save_lora, LoraConfig};
 pub use model::{Llama, ProjName};

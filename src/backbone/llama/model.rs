@@ -159,6 +159,7 @@ impl<B: Backend> Llama<B> {
     /// and shape mismatch is listed in one [`Error::Checkpoint`].
     pub fn from_checkpoint(config: LlamaConfig, file: &dyn TensorSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
+        crate::watch_device_panics();
         crate::io::check_param_budget(file, config.param_count(), "the LLaMA config")?;
         let mut report = KeyReport::new(file);
         report.ignore_unused("rotary_emb.inv_freq");
