@@ -131,8 +131,8 @@ fn main() -> AnyResult<()> {
         "pairs-only",
         "devices",
     ])?;
-    let out = setup::out_dir(&args, "target/eval-run")?;
     let (vq, lm) = setup::models(&args)?;
+    let out = setup::out_dir(&args, "target/eval-run")?;
     let device = setup::device();
     let devices = setup::devices(&args)?;
     let images = setup::images(&args)?;

@@ -67,13 +67,13 @@ fn main() -> AnyResult<()> {
         "log-every",
         "out",
     ])?;
-    let out = setup::out_dir(&args, "target/backbone-run")?;
     let device = setup::device();
     let vq = Vqgan::<B>::load(
         args.required::<String>("tokenizer")?,
         args.path("tokenizer-config").as_deref(),
         &device,
     )?;
+    let out = setup::out_dir(&args, "target/backbone-run")?;
     let tasks: Vec<String> = args.list("tasks", "colorization,inpainting,edges")?;
     let ks: Vec<usize> = args.list("k", "1,2,3")?;
     let per: usize = args.get("sentences", 2048)?;

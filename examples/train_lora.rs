@@ -37,8 +37,8 @@ fn main() -> AnyResult<()> {
         ]
         .concat(),
     )?;
-    let out = setup::out_dir(&args, "target/lora-run")?;
     let (vq, lm) = setup::models(&args)?;
+    let out = setup::out_dir(&args, "target/lora-run")?;
     let images = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;
     let k: usize = args.get("k", 1)?;

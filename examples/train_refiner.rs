@@ -93,8 +93,8 @@ fn main() -> AnyResult<()> {
     )?;
     let preset: Preset = args.get("preset", "corrector".to_string())?.parse()?;
     let pairs_only = args.has("pairs-only");
-    let out = setup::out_dir(&args, "target/refiner-run")?;
     let (vq, lm) = setup::models(&args)?;
+    let out = setup::out_dir(&args, "target/refiner-run")?;
     let devices = setup::devices(&args)?;
     let images = setup::images(&args)?;
     let task: String = args.get("task", "colorization".to_string())?;

@@ -61,7 +61,6 @@ fn main() -> AnyResult<()> {
         "conv",
         "out",
     ])?;
-    let out = setup::out_dir(&args, "target/tokenizer-run")?;
     let resolution: usize = args.get("resolution", 64)?;
     let mult: Vec<usize> = args.list("mult", "1,2,2")?;
     let dim: usize = args.get("dim", 32)?;
@@ -83,6 +82,7 @@ fn main() -> AnyResult<()> {
     };
     config.validate()?;
     let setup::Images { train, val, .. } = setup::images(&args)?;
+    let out = setup::out_dir(&args, "target/tokenizer-run")?;
     let val_n: usize = args.get("val-images", 1000)?;
     let (train, val) = (
         train.resized(resolution)?,

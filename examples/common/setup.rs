@@ -136,6 +136,11 @@ fn range(args: &Args, name: &str, default: std::ops::Range<usize>) -> AnyResult<
 /// scenes.
 pub fn images(args: &Args) -> AnyResult<Images> {
     let explicit = args.path("data");
+    // An explicit --data must exist: without this check a typo silently fell back to
+    // AR_REFINE_DATA or ../shared/data.
+    if let Some(dir) = explicit.as_deref().filter(|d| !d.exists()) {
+        return Err(format!("--data {}: no such file or directory", dir.display()).into());
+    }
     if let Some(dir) = ImageSet::shared_dir(explicit.as_deref()) {
         let train_range = range(args, "train-images", 0..2048)?;
         let select_range = range(args, "select-images", train_range.end..train_range.end + 1024)?;

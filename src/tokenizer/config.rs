@@ -227,7 +227,15 @@ impl VqganConfig {
 
     fn from_diffusers(v: &Value) -> Result<Self> {
         let widths = usize_list(v, "block_out_channels")?;
-        let first = widths[0];
+        // Found by the `vqgan_config` fuzz target: `[0, …]` divided by zero, `[]` indexed out.
+        let first = match widths.first() {
+            Some(&w) if w > 0 => w,
+            _ => {
+                return Err(Error::Config(format!(
+                    "block_out_channels {widths:?} must be non-empty and start with a width >= 1"
+                )))
+            }
+        };
         if widths.iter().any(|w| w % first != 0) {
             return Err(Error::Config(format!(
                 "block_out_channels {widths:?} are not multiples of the first"
