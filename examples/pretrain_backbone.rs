@@ -8,7 +8,7 @@
 //!     [--train-images 6144] [--val-images 256] [--tasks colorization,inpainting,edges] \
 //!     [--k 1,2,3] [--sentences 2048] [--hidden 320] [--intermediate 864] [--layers 6] \
 //!     [--heads 5] [--steps 4000] [--batch 16] [--lr 1e-3] [--time-budget SECS] \
-//!     [--log-every 25] [--out target/backbone-run]
+//!     [--log-every 25] [--seed 0] [--checkpoint-every 500] [--out target/backbone-run]
 //! ```
 //!
 //! - `--tokenizer`: a VQGAN checkpoint (e.g. `examples/train_tokenizer.rs`'s `OUT/tokenizer`).
@@ -16,6 +16,9 @@
 //! - `--sentences`: sentences per task and per `K` (training images as queries, demonstrations
 //!   drawn from the same set); validation sentences come from `val.u8` (never trained on).
 //! - `--time-budget`: end within that many seconds (step count planned from the measured rate).
+//! - Checkpoints go to `OUT/checkpoints` every `--checkpoint-every` steps; an interrupted run
+//!   resumes when the same command runs again. `--seed` fixes the initial weights and the
+//!   batches, so the resumed loss curve is the uninterrupted one.
 //!
 //! Saves `OUT/backbone` (`config.json` + f16 `model.safetensors`, HF layout, for `--backbone`)
 //! and prints one JSON line: parameters, steps, training loss first/last, and the validation
@@ -40,10 +43,11 @@ use ar_refine::Tokenizer;
 use args::{AnyResult, Args};
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example pretrain_backbone -- --tokenizer DIR [--data DIR] [--train-images N] [--val-images N] [--tasks colorization,inpainting,edges] [--k 1,2,3] [--sentences 2048] [--hidden 320] [--intermediate 864] [--layers 6] [--heads 5] [--steps 4000] [--batch 16] [--lr 1e-3] [--time-budget SECS] [--log-every 25] [--out DIR]";
+const USAGE: &str = "cargo run --release --example pretrain_backbone -- --tokenizer DIR [--data DIR] [--train-images N] [--val-images N] [--tasks colorization,inpainting,edges] [--k 1,2,3] [--sentences 2048] [--hidden 320] [--intermediate 864] [--layers 6] [--heads 5] [--steps 4000] [--batch 16] [--lr 1e-3] [--time-budget SECS] [--log-every 25] [--seed 0] [--checkpoint-every 500] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -65,6 +69,8 @@ fn main() -> AnyResult<()> {
         "lr",
         "time-budget",
         "log-every",
+        "seed",
+        "checkpoint-every",
         "out",
     ])?;
     let device = setup::device();
@@ -118,6 +124,9 @@ fn main() -> AnyResult<()> {
     )
     .with_context(max_len.next_power_of_two())
     .with_image_tokens(0..vq.codebook_size());
+    let seed: u64 = args.get("seed", 0)?;
+    // seeded initial weights: a rerun (or a run killed before its first checkpoint) starts alike
+    <Autodiff<B> as Backend>::seed(&device, seed);
     let lm = Llama::<Autodiff<B>>::new(config.clone(), &device)?;
     eprintln!(
         "backbone: {} parameters; {} training sentences of {:?} tokens",
@@ -133,6 +142,8 @@ fn main() -> AnyResult<()> {
     if let Some(secs) = args.opt::<f64>("time-budget")? {
         cfg.time_budget = Some(TimeBudget::new(Duration::from_secs_f64(secs)));
     }
+    cfg.seed = seed;
+    cfg.checkpoint_every = args.get("checkpoint-every", 500)?;
     let log_every: usize = args.get("log-every", 25)?;
     let (mut last, mut last_step) = (Duration::ZERO, 0usize);
     let (lm, state) = train_lm(lm, &train, &cfg, Some(&out.join("checkpoints")), &mut |r| {

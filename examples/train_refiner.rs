@@ -6,7 +6,7 @@
 //!     [--task colorization] [--k 1] [--train-count 512] [--val-count 128] [--mode free|teacher] \
 //!     [--temperature T --top-k K --top-p P --seed S] [--preset corrector] [--hidden] \
 //!     [--soft-neighbours 0] [--refiner-seed 0] [--steps 1000] [--batch 32] [--lr 3e-4] \
-//!     [--d-model 256] [--layers 4] [--heads 8] [--f32] [--devices 0,1] [--out target/refiner-run]
+//!     [--checkpoint-every 500] [--d-model 256] [--layers 4] [--heads 8] [--f32] [--devices 0,1] [--out target/refiner-run]
 //! ```
 //!
 //! - `--tokenizer`, `--backbone`: a VQGAN checkpoint (see `examples/tokenize.rs`) and an HF LLaMA
@@ -25,8 +25,8 @@
 //!   pairs), `paper` (Wang et al. 2025: answer only, cosine loss, snap), or one of `cosine-query`,
 //!   `ce-answer`, `ce-query`, `ce-query-confidence`, `prompt-only` (see `ar_refine::refiner::Preset`).
 //!   `--hidden` adds the backbone's hidden states as an input (one teacher-forced pass per batch).
-//! - Training: AdamW, warmup + cosine, clip 1; checkpoints in `OUT/checkpoints` (an interrupted
-//!   run resumes); the weights of the validation step with the best token accuracy are kept. The
+//! - Training: AdamW, warmup + cosine, clip 1; checkpoints in `OUT/checkpoints` every
+//!   `--checkpoint-every` steps (an interrupted run resumes when the same command runs again); the weights of the validation step with the best token accuracy are kept. The
 //!   refiner is saved to `OUT/refiner` (`config.json` + `model.safetensors`, f16 unless `--f32`)
 //!   with its decision rule, for `examples/evaluate.rs`.
 //! - `--pairs-only`: stop after the pairs (e.g. generate them on a GPU machine, train elsewhere
@@ -59,7 +59,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N|A..B] [--select-images A..B] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 128] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--preset corrector|paper|cosine-query|ce-answer|ce-query|ce-query-confidence|prompt-only] [--hidden] [--soft-neighbours 0] [--refiner-seed 0] [--steps 1000] [--batch 32] [--lr 3e-4] [--d-model 256] [--layers 4] [--heads 8] [--f32] [--pairs-only] [--devices 0,1] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_refiner -- --tokenizer CKPT [--tokenizer-config F] --backbone DIR [--data DIR] [--train-images N|A..B] [--select-images A..B] [--task colorization|inpainting|edges] [--k 1] [--train-count 512] [--val-count 128] [--mode free|teacher] [--temperature T --top-k K --top-p P --seed S] [--preset corrector|paper|cosine-query|ce-answer|ce-query|ce-query-confidence|prompt-only] [--hidden] [--soft-neighbours 0] [--refiner-seed 0] [--steps 1000] [--batch 32] [--lr 3e-4] [--checkpoint-every 500] [--d-model 256] [--layers 4] [--heads 8] [--f32] [--pairs-only] [--devices 0,1] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["pairs-only", "hidden", "f32"])?;
@@ -80,6 +80,7 @@ fn main() -> AnyResult<()> {
                 "steps",
                 "batch",
                 "lr",
+                "checkpoint-every",
                 "d-model",
                 "layers",
                 "heads",
@@ -164,6 +165,7 @@ fn main() -> AnyResult<()> {
     cfg.loss = preset.loss();
     cfg.loss.soft_neighbours = args.get("soft-neighbours", 0)?;
     cfg.seed = seed;
+    cfg.checkpoint_every = args.get("checkpoint-every", 500)?;
     cfg.validate_every = (cfg.steps / 10).max(1);
     let hidden = BackboneHidden::new(&lm);
     let hidden_src: Option<&dyn HiddenSource<B>> = args.has("hidden").then_some(&hidden as _);

@@ -5,7 +5,7 @@
 //!     [--val-images 1000] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] \
 //!     [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] \
 //!     [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] \
-//!     [--out target/tokenizer-run]
+//!     [--seed 0] [--checkpoint-every 500] [--out target/tokenizer-run]
 //! ```
 //!
 //! Images: the shared Tiny-ImageNet training mosaics (`--data`, `AR_REFINE_DATA` or
@@ -14,7 +14,9 @@
 //! (64 px with `--mult 1,2,2` → 16×16 = 256 tokens, as LVM). Prints the validation
 //! reconstruction PSNR before and after, and saves the tokenizer (`config.json` +
 //! `model.safetensors`, open-MUSE/taming naming) to `OUT/tokenizer` for `examples/tokenize.rs`.
-//! Checkpoints go to `OUT/checkpoints` (an interrupted run resumes). `--time-budget` ends the
+//! Checkpoints go to `OUT/checkpoints` every `--checkpoint-every` steps (an interrupted run
+//! resumes: rerun the same command; `--seed` fixes the initial weights and the batches, so the
+//! resumed loss curve is the uninterrupted one). `--time-budget` ends the
 //! training within that many seconds (the step count is planned from the measured step time, see
 //! `ar_refine::train::TimeBudget`). `--log-every N` prints one line per N steps with the step
 //! time. With `--features cuda` it trains on the GPU.
@@ -35,9 +37,10 @@ use ar_refine::tokenizer::{
 use ar_refine::train::TimeBudget;
 use args::{AnyResult, Args};
 use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] [--seed 0] [--checkpoint-every 500] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -59,6 +62,8 @@ fn main() -> AnyResult<()> {
         "time-budget",
         "log-every",
         "conv",
+        "seed",
+        "checkpoint-every",
         "out",
     ])?;
     let resolution: usize = args.get("resolution", 64)?;
@@ -89,6 +94,10 @@ fn main() -> AnyResult<()> {
         val.split(val_n).0.resized(resolution)?,
     );
     let device = setup::device();
+    let seed: u64 = args.get("seed", 0)?;
+    // the initial weights come from the backend's generator: seeded, a rerun (or a run killed
+    // before its first checkpoint) starts from the same model
+    <Autodiff<B> as Backend>::seed(&device, seed);
     let vq = Vqgan::<Autodiff<B>>::new(config.clone(), &device)?;
     eprintln!(
         "tokenizer: {} parameters, {}×{} tokens per image, codebook {} × {}",
@@ -109,6 +118,8 @@ fn main() -> AnyResult<()> {
         "l2" => Recon::L2,
         other => return Err(format!("--recon must be l1 or l2, got {other}").into()),
     };
+    cfg.seed = seed;
+    cfg.checkpoint_every = args.get("checkpoint-every", 500)?;
     let restart: usize = args.get("restart-every", 100)?;
     cfg.restart_dead_every = (restart > 0).then_some(restart);
     if let Some(secs) = args.opt::<f64>("time-budget")? {

@@ -214,7 +214,16 @@ pub fn train_vqgan<B: AutodiffBackend>(
     let mut state = TrainState::start(identity, cfg.seed);
     (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     let mut rng = SplitMix64::new(state.rng);
+    // codes used since the last dead-code restart: part of the checkpoint, so a resumed run
+    // restarts the same codes as an uninterrupted one
     let mut used = vec![false; c.num_embeddings];
+    if let Some(ids) = state.extra.get("used_codes").and_then(|v| v.as_array()) {
+        for id in ids.iter().filter_map(|v| v.as_u64()) {
+            if let Some(u) = used.get_mut(id as usize) {
+                *u = true;
+            }
+        }
+    }
     let start = Instant::now();
     let first = state.step;
     let mut plan = Planner::new(cfg.time_budget, &state, cfg.steps, cfg.schedule);
@@ -283,6 +292,8 @@ pub fn train_vqgan<B: AutodiffBackend>(
         });
         if let Some(dir) = checkpoints {
             if checkpoint_due(state.step, cfg.checkpoint_every, plan.total) {
+                let ids: Vec<usize> = (0..c.num_embeddings).filter(|k| used[*k]).collect();
+                state.extra = serde_json::json!({ "used_codes": ids });
                 save_checkpoint(dir, &model, &optim, &state)?;
             }
         }

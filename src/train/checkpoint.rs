@@ -61,6 +61,9 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
+    if let Some(dir) = dir {
+        remove_stale_temporaries(dir);
+    }
     let Some(path) = dir.map(latest_checkpoint).transpose()?.flatten() else {
         return Ok((model, optim, fresh));
     };
@@ -72,6 +75,36 @@ where
         )));
     }
     load_checkpoint(&path, model, optim, device)
+}
+
+/// Removes what killed runs left in a checkpoint directory: half-assembled `.step-*.tmp-PID`
+/// directories and `.latest.tmp-PID-N` files of processes that are no longer running (on
+/// systems without `/proc`: of any other process). Best effort: what cannot be removed stays.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((_, tail)) = name.split_once(".tmp-").filter(|_| name.starts_with('.')) else {
+            continue;
+        };
+        let Ok(pid) = tail.split('-').next().unwrap_or("").parse::<u32>() else {
+            continue;
+        };
+        let proc_dir = Path::new("/proc");
+        let alive = pid == me || (proc_dir.is_dir() && proc_dir.join(pid.to_string()).exists());
+        if alive {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }
 
 fn read_state_file(dir: &Path) -> Result<StateFile> {
