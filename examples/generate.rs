@@ -27,11 +27,11 @@
 mod args;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use ar_refine::backbone::{GenerateOptions, Llama};
-use ar_refine::io::{load_image, save_image, write_atomic};
+use ar_refine::io::{load_image, read_token_rows, save_image, write_atomic};
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::{ArBackbone, Sampling, Tokenizer};
 use args::{AnyResult, Args};
@@ -41,34 +41,6 @@ use burn::tensor::{Int, Tensor, TensorData};
 type B = NdArray;
 
 const USAGE: &str = "cargo run --release --example generate -- --model DIR (--prompt-tokens FILE | --images a.png,b.png,... --tokenizer CKPT [--tokenizer-config config.json]) --max-new-tokens N [--temperature T --top-p P --top-k K --seed S] --out FILE";
-
-fn read_prompt(path: &Path) -> AnyResult<Vec<Vec<i64>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let rows: Vec<Vec<i64>> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            l.split_whitespace()
-                .map(|t| {
-                    t.parse::<i64>()
-                        .map_err(|_| format!("{}: line {}: {t:?} is not an id", path.display(), i + 1))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<_, _>>()?;
-    if rows.is_empty() {
-        return Err(format!("{}: no token ids", path.display()).into());
-    }
-    if rows.iter().any(|r| r.len() != rows[0].len()) {
-        return Err(format!(
-            "{}: every prompt line must have the same number of ids",
-            path.display()
-        )
-        .into());
-    }
-    Ok(rows)
-}
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -121,7 +93,7 @@ fn main() -> AnyResult<()> {
     ) {
         (Some(_), Some(_), _) => return Err("give either --prompt-tokens or --images, not both".into()),
         (Some(file), None, _) => {
-            let rows = read_prompt(&file)?;
+            let rows = read_token_rows(&file)?;
             let (b, p) = (rows.len(), rows[0].len());
             let flat: Vec<i64> = rows.into_iter().flatten().collect();
             (

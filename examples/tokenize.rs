@@ -17,7 +17,7 @@
 mod args;
 
 use ar_refine::eval::psnr;
-use ar_refine::io::{load_image, save_image, write_atomic};
+use ar_refine::io::{load_image, save_image, write_token_rows};
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::Tokenizer;
 use args::{AnyResult, Args};
@@ -67,11 +67,8 @@ fn main() -> AnyResult<()> {
     save_image(y.squeeze_dim::<3>(0), &out)?;
     println!("wrote {out}");
     if let Some(path) = args.path("tokens-out") {
-        let text: String = flat
-            .chunks(grid.cols)
-            .map(|r| r.iter().map(i64::to_string).collect::<Vec<_>>().join(" ") + "\n")
-            .collect();
-        write_atomic(&path, text.as_bytes())?;
+        let rows: Vec<Vec<i64>> = flat.chunks(grid.cols).map(<[i64]>::to_vec).collect();
+        write_token_rows(&path, &rows)?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -6,10 +6,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
 use ar_refine::backbone::LlamaConfig;
-use ar_refine::io::{load_image, open_checkpoint, SafetensorsFile, TensorSource};
+use ar_refine::io::{fnv1a64, load_image, open_checkpoint, read_token_rows, SafetensorsFile, TensorSource};
 use ar_refine::tokenizer::VqganConfig;
-use burn::backend::NdArray;
+use ar_refine::train::{load_checkpoint, load_pairs, save_checkpoint, PairMode, TrainState};
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::Tensor;
 
 /// A target's body: one input, any bytes.
 pub type Body = fn(&[u8]);
@@ -23,6 +30,10 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("shard_index", shard_index),
     ("image_load", image_load),
     ("refiner_load", refiner_load),
+    ("token_file", token_file),
+    ("pair_cache", pair_cache),
+    ("checkpoint_state", checkpoint_state),
+    ("checkpoint_mpk", checkpoint_mpk),
 ];
 
 /// A fresh per-process, per-target directory for the input's files.
@@ -106,4 +117,130 @@ pub fn refiner_load(data: &[u8]) {
     let dir = dir_for("refiner_load");
     put(&dir, "config.json", data);
     let _ = ar_refine::refiner::load_refiner::<NdArray>(&dir, &Default::default());
+}
+
+/// The bytes as a token file (`read_token_rows`: `--prompt-tokens`, `--tokens-out`).
+pub fn token_file(data: &[u8]) {
+    let path = put(&dir_for("token_file"), "tokens.txt", data);
+    let _ = read_token_rows(&path);
+}
+
+/// The configuration `pair_cache` loads with (its seed's `meta.json` has it).
+pub fn pair_cache_config() -> serde_json::Value {
+    serde_json::json!({ "fuzz": 1 })
+}
+
+/// The bytes as a pair cache: `meta.json`, a zero byte, then `chunk-000000.bin`; loaded by
+/// `load_pairs` (teacher-forced mode, [`pair_cache_config`]).
+pub fn pair_cache(data: &[u8]) {
+    let dir = dir_for("pair_cache");
+    let (meta, chunk) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    put(&dir, "meta.json", meta);
+    put(&dir, "chunk-000000.bin", chunk);
+    let _ = load_pairs(&dir, &PairMode::TeacherForced, &pair_cache_config());
+}
+
+type Ad = Autodiff<NdArray>;
+
+/// A `Linear 4 → 3` with constant weights (the template's bytes are the same in every process).
+fn tiny_linear(device: &burn::tensor::Device<Ad>) -> Linear<Ad> {
+    LinearConfig::new(4, 3)
+        .with_initializer(Initializer::Constant { value: 0.25 })
+        .init::<Ad>(device)
+}
+
+/// A training checkpoint of a `Linear 4 → 3` and AdamW after one step, written once per
+/// process: the directory `save_checkpoint` made.
+fn checkpoint_template() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = dir_for("checkpoint_template");
+        let device = Default::default();
+        let model = tiny_linear(&device);
+        let mut optim = AdamWConfig::new().init::<Ad, Linear<Ad>>();
+        let loss = model.forward(Tensor::<Ad, 2>::ones([2, 4], &device)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-3, model, grads);
+        let state = TrainState {
+            step: 1,
+            losses: vec![0.5],
+            ..TrainState::start(serde_json::json!({ "fuzz": 1 }), 7)
+        };
+        save_checkpoint::<Ad, _, _>(&root, &model, &optim, &state).expect("template checkpoint")
+    })
+}
+
+/// A copy of the template checkpoint with `file` replaced by `data`; when `rechecksum`, the
+/// copy's `state.json` records `data`'s checksum (so the bytes reach the decoder).
+fn checkpoint_with(target: &str, file: &str, data: &[u8], rechecksum: bool) -> PathBuf {
+    let template = checkpoint_template();
+    let dir = dir_for(target).join("step-00000001");
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    for f in ["model.mpk", "optim.mpk", "state.json"] {
+        std::fs::copy(template.join(f), dir.join(f)).expect("template file");
+    }
+    put(&dir, file, data);
+    if rechecksum {
+        let text = std::fs::read(template.join("state.json")).expect("template state");
+        let mut v: serde_json::Value = serde_json::from_slice(&text).expect("template json");
+        v["checksums"][file] = serde_json::json!(format!("{:016x}", fnv1a64(data)));
+        put(&dir, "state.json", &serde_json::to_vec(&v).expect("json"));
+    }
+    dir
+}
+
+/// Loads a checkpoint directory into a fresh `Linear 4 → 3` and AdamW; whether it loaded.
+fn load_tiny_checkpoint(dir: &Path) -> bool {
+    let device = Default::default();
+    let model = tiny_linear(&device);
+    let optim = AdamWConfig::new().init::<Ad, Linear<Ad>>();
+    load_checkpoint::<Ad, _, _>(dir, model, optim, &device).is_ok_and(|(m, _, _)| m.num_params() == 15)
+}
+
+/// The bytes as a training checkpoint's `state.json` beside valid weight files. The weight
+/// files differ from process to process (Burn's parameter ids are random), so `@model.mpk@` and
+/// `@optim.mpk@` in the input stand for their checksums.
+pub fn checkpoint_state(data: &[u8]) {
+    let _ = checkpoint_state_loads(data);
+}
+
+/// [`checkpoint_state`], telling whether the checkpoint loaded.
+pub fn checkpoint_state_loads(data: &[u8]) -> bool {
+    let mut text = data.to_vec();
+    for file in ["model.mpk", "optim.mpk"] {
+        let bytes = std::fs::read(checkpoint_template().join(file)).expect("template file");
+        let sum = format!("{:016x}", fnv1a64(&bytes));
+        text = replace(&text, format!("@{file}@").as_bytes(), sum.as_bytes());
+    }
+    load_tiny_checkpoint(&checkpoint_with("checkpoint_state", "state.json", &text, false))
+}
+
+/// `data` with every `from` replaced by `to`.
+fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(data[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The bytes as a training checkpoint's `model.mpk` (Burn's named MessagePack), its checksum
+/// recorded in `state.json`.
+pub fn checkpoint_mpk(data: &[u8]) {
+    let _ = checkpoint_mpk_loads(data);
+}
+
+/// [`checkpoint_mpk`], telling whether the checkpoint loaded.
+pub fn checkpoint_mpk_loads(data: &[u8]) -> bool {
+    load_tiny_checkpoint(&checkpoint_with("checkpoint_mpk", "model.mpk", data, true))
 }

@@ -1,6 +1,7 @@
 //! Replays the fuzz targets (`fuzz/targets.rs`) on every committed input: the inputs that once
-//! crashed or exhausted memory (`fuzz/regressions/<target>/`) and the real files of
-//! `tests/fixtures` that seed each target. Run by `.ci/run`; the libFuzzer campaigns themselves
+//! crashed or exhausted memory (`fuzz/regressions/<target>/`), the hand-made seeds of formats
+//! with no fixture (`fuzz/seeds/<target>/`) and the real files of `tests/fixtures` that seed
+//! each target. Run by `.ci/run`; the libFuzzer campaigns themselves
 //! are in RELIABILITY.md.
 
 #[path = "../fuzz/targets.rs"]
@@ -50,6 +51,7 @@ fn fuzz_targets_survive_their_regressions_and_seeds() {
     let mut replayed = 0;
     for (name, body) in targets::TARGETS {
         let mut inputs = files(&root.join("fuzz/regressions").join(name));
+        inputs.extend(files(&root.join("fuzz/seeds").join(name)));
         inputs.extend(seeds(name, &fixtures));
         for input in inputs {
             let bytes = std::fs::read(&input).unwrap();
@@ -58,6 +60,35 @@ fn fuzz_targets_survive_their_regressions_and_seeds() {
         }
     }
     assert!(replayed >= 20, "only {replayed} inputs replayed");
+}
+
+#[test]
+fn the_hand_made_seeds_are_valid_files() {
+    // A seed that the loader rejects would leave the fuzzer outside the format.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("ar-refine-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = std::fs::read(root.join("fuzz/seeds/pair_cache/valid-2-pairs")).unwrap();
+    let cut = seed.iter().position(|&b| b == 0).unwrap();
+    std::fs::write(dir.join("meta.json"), &seed[..cut]).unwrap();
+    std::fs::write(dir.join("chunk-000000.bin"), &seed[cut + 1..]).unwrap();
+    let mode = ar_refine::train::PairMode::TeacherForced;
+    let pairs = ar_refine::train::load_pairs(&dir, &mode, &targets::pair_cache_config())
+        .unwrap()
+        .expect("a complete cache");
+    assert_eq!(
+        (pairs.len(), pairs.prompts[0].len(), pairs.truth[1].clone()),
+        (2, 3, vec![1, 3])
+    );
+    let grid = ar_refine::io::read_token_rows(root.join("fuzz/seeds/token_file/grid-2x4.txt")).unwrap();
+    assert_eq!(grid, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
+    let state = std::fs::read(root.join("fuzz/seeds/checkpoint_state/state.json")).unwrap();
+    assert!(targets::checkpoint_state_loads(&state));
+    let mpk = std::fs::read(root.join("fuzz/seeds/checkpoint_mpk/model.mpk")).unwrap();
+    assert!(targets::checkpoint_mpk_loads(&mpk));
+    // and the checks bite: a truncated model file fails
+    assert!(!targets::checkpoint_mpk_loads(&mpk[..mpk.len() / 2]));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

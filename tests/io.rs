@@ -108,3 +108,28 @@ fn concurrent_atomic_writes_to_one_target() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn token_files_round_trip_and_bad_ones_name_the_line() {
+    let dir = temp_dir("tokens");
+    let path = dir.join("tokens.txt");
+    let rows = vec![vec![0, 17, 16383], vec![5, 4, 3]];
+    ar_refine::io::write_token_rows(&path, &rows).unwrap();
+    assert_eq!(ar_refine::io::read_token_rows(&path).unwrap(), rows);
+    for (text, needle) in [
+        ("1 2 3\n\n4 5\n", "line 3 has 2 ids, the first row 3"),
+        ("1 2\n3 x\n", "line 2: \"x\" is not a token id"),
+        ("1 -2\n", "line 1: \"-2\" is not a token id"),
+        ("\n \n", "no token ids"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = ar_refine::io::read_token_rows(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(needle) && err.contains("tokens.txt"),
+            "{text:?}: {err}"
+        );
+    }
+    std::fs::write(&path, [0xff, 0xfe, b'1']).unwrap();
+    let err = ar_refine::io::read_token_rows(&path).unwrap_err().to_string();
+    assert!(err.contains("not UTF-8"), "{err}");
+}

@@ -8,6 +8,7 @@ mod pickle_scan;
 mod pytorch;
 mod safetensors;
 mod source;
+mod tokens;
 
 pub use self::image::{load_image, rgb_to_tensor, save_image, save_image_grid, tensor_to_rgb};
 pub use self::module::{load_module_tensors, module_tensors, NamedTensor};
@@ -19,3 +20,4 @@ pub use atomic::write_atomic;
 pub use checksum::fnv1a64;
 pub(crate) use source::check_param_budget;
 pub use source::{open_checkpoint, TensorSource};
+pub use tokens::{read_token_rows, write_token_rows};

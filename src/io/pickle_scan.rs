@@ -169,13 +169,24 @@ pub(crate) fn check_checkpoint(path: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Mapped, not read: a legacy checkpoint's pickles are followed by all its storages, and
+    // only the pickles are walked (pages of the storages are never touched).
+    let map;
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the file is opened read-only and the map lives only for this check; as with
+        // every memory-mapped loader, another process truncating the file meanwhile is not
+        // defended against.
+        map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        &map
+    };
     if bytes.get(257..262) == Some(b"ustar".as_slice()) {
-        return check_tar(&bytes).map_err(bad);
+        return check_tar(bytes).map_err(bad);
     }
     let mut pos = 0;
     for _ in 0..5 {
-        pos = walk_pickle(&bytes, pos, "pickle stream").map_err(bad)?;
+        pos = walk_pickle(bytes, pos, "pickle stream").map_err(bad)?;
         // The legacy format's last pickle is followed by raw storage bytes, which need not
         // look like a pickle: stop at the first byte that cannot start one.
         if bytes.get(pos).is_none_or(|&b| b != 0x80) {

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 /// ```
 pub struct PytorchFile {
     path: PathBuf,
+    /// The file's size at open: no tensor may claim more.
+    file_len: u64,
     tensors: BTreeMap<String, TensorSnapshot>,
 }
 
@@ -35,6 +37,7 @@ impl PytorchFile {
             ));
         }
         super::pickle_scan::check_checkpoint(path)?;
+        let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         let reader = PytorchReader::new(path).map_err(|e| Error::Checkpoint {
             path: path.to_path_buf(),
             reason: format!("not a readable PyTorch checkpoint: {e}"),
@@ -54,6 +57,7 @@ impl PytorchFile {
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
+            file_len,
             tensors,
         })
     }
@@ -89,9 +93,7 @@ impl TensorSource for PytorchFile {
         }
         // `burn-store` allocates the elements a tensor's shape claims before reading them: the
         // claim must fit in the file.
-        let file_len = std::fs::metadata(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?
-            .len();
+        let file_len = self.file_len;
         let bytes = t
             .shape
             .iter()

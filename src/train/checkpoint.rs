@@ -231,13 +231,66 @@ where
         }
         Ok(bytes)
     };
-    let model_rec = Recorder::<B>::load(&recorder(), read("model.mpk")?, device)
-        .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
-    let optim_rec = Recorder::<B>::load(&recorder(), read("optim.mpk")?, device)
-        .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
-    Ok((
-        model.load_record(model_rec),
-        optim.load_record(optim_rec),
-        sf.state,
-    ))
+    let (model_bytes, optim_bytes) = (read("model.mpk")?, read("optim.mpk")?);
+    // Burn 0.21 panics on some malformed records (a parameter id that does not decode, found by
+    // fuzzing `checkpoint_mpk`) instead of returning its error: such a panic becomes this error.
+    let guarded = |what: &str, f: &mut dyn FnMut() -> Result<()>| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(bad(path, format!("{what} is malformed (the decoder panicked)"))))
+    };
+    let want = shapes(&model);
+    let mut loaded = None;
+    guarded("the model record", &mut || {
+        let rec = Recorder::<B>::load(&recorder(), model_bytes.clone(), device)
+            .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
+        loaded = Some(model.clone().load_record(rec));
+        Ok(())
+    })?;
+    let model = loaded.expect("set by the guarded load");
+    let got = shapes(&model);
+    if got != want {
+        let detail = match want.iter().zip(&got).position(|(w, g)| w != g) {
+            Some(i) => format!("parameter {i} has shape {:?}, the model {:?}", got[i], want[i]),
+            None => format!("{} parameters, the model {}", got.len(), want.len()),
+        };
+        return Err(bad(
+            path,
+            format!("model record does not match this model: {detail}"),
+        ));
+    }
+    let mut optim = Some(optim);
+    let mut loaded = None;
+    guarded("the optimizer record", &mut || {
+        let rec = Recorder::<B>::load(&recorder(), optim_bytes.clone(), device)
+            .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
+        loaded = optim.take().map(|o| o.load_record(rec));
+        Ok(())
+    })?;
+    let optim = loaded.ok_or_else(|| bad(path, "the optimizer record could not be loaded"))?;
+    Ok((model, optim, sf.state))
+}
+
+/// The shapes of a module's parameters in visiting order.
+fn shapes<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            self.0.push(p.val().dims().to_vec());
+        }
+        fn visit_int<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<B, D, burn::tensor::Int>>,
+        ) {
+            self.0.push(p.val().dims().to_vec());
+        }
+        fn visit_bool<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<B, D, burn::tensor::Bool>>,
+        ) {
+            self.0.push(p.val().dims().to_vec());
+        }
+    }
+    let mut v = Shapes(Vec::new());
+    module.visit(&mut v);
+    v.0
 }
