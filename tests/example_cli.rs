@@ -3,21 +3,12 @@
 //! [reliability] item 5). Drives the example binaries that `cargo test` builds beside this test
 //! (`target/<profile>/examples/`); run it through `cargo test`, which builds them first.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// `target/<profile>/examples/<name>`, or a panic that says how to build it.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run this test through `cargo test` (which builds the examples)",
-        path.display()
-    );
-    path
-}
+use std::path::{Path, PathBuf};
+
+use common::example;
+use std::process::Command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

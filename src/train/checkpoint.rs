@@ -231,7 +231,7 @@ where
         }
         Ok(bytes)
     };
-    let (model_bytes, optim_bytes) = (read("model.mpk")?, read("optim.mpk")?);
+    let (mut model_bytes, mut optim_bytes) = (Some(read("model.mpk")?), Some(read("optim.mpk")?));
     // Burn 0.21 panics on some malformed records (a parameter id that does not decode, found by
     // fuzzing `checkpoint_mpk`) instead of returning its error: such a panic becomes this error.
     let guarded = |what: &str, f: &mut dyn FnMut() -> Result<()>| {
@@ -241,7 +241,7 @@ where
     let want = shapes(&model);
     let mut loaded = None;
     guarded("the model record", &mut || {
-        let rec = Recorder::<B>::load(&recorder(), model_bytes.clone(), device)
+        let rec = Recorder::<B>::load(&recorder(), model_bytes.take().unwrap_or_default(), device)
             .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
         loaded = Some(model.clone().load_record(rec));
         Ok(())
@@ -261,7 +261,7 @@ where
     let mut optim = Some(optim);
     let mut loaded = None;
     guarded("the optimizer record", &mut || {
-        let rec = Recorder::<B>::load(&recorder(), optim_bytes.clone(), device)
+        let rec = Recorder::<B>::load(&recorder(), optim_bytes.take().unwrap_or_default(), device)
             .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
         loaded = optim.take().map(|o| o.load_record(rec));
         Ok(())

@@ -127,3 +127,21 @@ pub fn check_ids(
 pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|x| *x as f64).collect()
 }
+
+/// `target/<profile>/examples/<name>` beside the running test, or a panic that says how to
+/// build it (`cargo test` builds the examples first).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run this test through `cargo test` (which builds the examples)",
+        path.display()
+    );
+    path
+}
