@@ -29,15 +29,18 @@ seed() { # target -> seed files
 run() { # target
     local t=$1
     mkdir -p corpus/$t artifacts/$t logs
+    : >logs/$t.log
     local i=0
     for f in $(seed $t); do cp "$f" corpus/$t/seed-$i-$(basename "$f"); i=$((i + 1)); done
     local start=$(date +%s) execs=0 left=$secs
     # a crash ends a libFuzzer run: record it and go on until the time is spent
     while [ "$left" -gt 5 ]; do
         "$bin/$t" corpus/$t -max_total_time=$left -rss_limit_mb=2048 -max_len=65536 -timeout=20 \
-            -print_final_stats=1 -artifact_prefix=artifacts/$t/ >logs/$t.log 2>&1
-        n=$(grep -o 'stat::number_of_executed_units: *[0-9]*' logs/$t.log | grep -o '[0-9]*$' || true)
-        [ -z "$n" ] && n=$(grep -oE '^#[0-9]+' logs/$t.log | tail -1 | tr -d '#')
+            -print_final_stats=1 -artifact_prefix=artifacts/$t/ >logs/$t.run.log 2>&1
+        # every run's log is kept (a finding's report is in the run that ended with it)
+        cat logs/$t.run.log >>logs/$t.log
+        n=$(grep -o 'stat::number_of_executed_units: *[0-9]*' logs/$t.run.log | grep -o '[0-9]*$' || true)
+        [ -z "$n" ] && n=$(grep -oE '^#[0-9]+' logs/$t.run.log | tail -1 | tr -d '#')
         execs=$((execs + ${n:-0}))
         left=$((secs - ($(date +%s) - start)))
     done

@@ -54,6 +54,9 @@ def main():
         row("conv 3x3 forward", timed(a.reps, lambda: conv(x)), gflop)
     row("conv 3x3 forward + backward (input and weight gradients)",
         timed(a.reps, lambda: conv(x).sum().backward()), 3 * gflop)
+    down = nn.Conv2d(a.hidden, a.hidden, 3, stride=2).to(dev)
+    row("conv 3x3 stride 2 forward + backward",
+        timed(a.reps, lambda: down(F.pad(x, (0, 1, 0, 1))).sum().backward()), 3 * gflop / 4)
     with torch.no_grad():
         row("GroupNorm(32) forward", timed(a.reps, lambda: gn(x)))
     row("GroupNorm(32) forward + backward", timed(a.reps, lambda: gn(x).sum().backward()))

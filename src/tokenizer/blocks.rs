@@ -36,11 +36,11 @@ pub(crate) fn conv<B: Backend>(
 pub enum ConvPath {
     /// The backend's `conv2d` (default).
     Backend,
-    /// im2col (shifted slices) + one batched matmul per convolution, so that the backward pass
-    /// is matmuls and slices instead of the backend's convolution-backward kernels; `k²`× the
-    /// input's memory per convolution. Measured on the H200 with Burn 0.21's CUDA backend it
-    /// was *slower* for the small-LVM tokenizer (5.7–6.3 s against 2.5 s per training step,
-    /// `docs/tiny-lvm/NOTES.md`); kept for backends whose convolution backward is weak.
+    /// `k²` matrix products over row ranges of the channels-last input (one per window
+    /// offset, no im2col copy), so that the backward pass is matrix products, row-range
+    /// copies and sums instead of the backend's convolution-backward kernels. Keeps one copy
+    /// of the input for the backward pass. BENCHMARKS.md (run 5) times it against the
+    /// backend's `conv2d` on an H200.
     Gemm,
 }
 
@@ -71,9 +71,10 @@ pub fn conv_path() -> ConvPath {
     }
 }
 
-/// Applies `conv` (built by [`conv`]: square kernel, stride 1 or 2, symmetric explicit padding,
-/// no dilation or groups) to `x` `[b, c_in, h, w]` on the path [`conv_path`] selects.
-pub(crate) fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// Applies `conv` (square kernel, any stride, symmetric explicit padding or none, no dilation
+/// or groups: the convolutions a VQGAN is made of) to `x` `[b, c_in, h, w]` on the path
+/// [`conv_path`] selects; returns `[b, c_out, h', w']`.
+pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if conv_path() == ConvPath::Backend {
         return conv.forward(x);
     }
@@ -81,26 +82,12 @@ pub(crate) fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tenso
         PaddingConfig2d::Explicit(p, ..) => p,
         _ => 0,
     };
-    let stride = conv.stride[0];
     let x = if pad > 0 {
         x.pad((pad, pad, pad, pad), 0.0)
     } else {
         x
     };
-    let out = conv_gemm(x, conv.weight.val());
-    let out = match stride {
-        1 => out,
-        s => {
-            // stride s = the stride-1 output at every s-th position
-            let [b, c, h, w] = out.dims();
-            let (ho, wo) = (h.div_ceil(s), w.div_ceil(s));
-            out.pad((0, wo * s - w, 0, ho * s - h), 0.0)
-                .reshape([b, c, ho, s, wo, s])
-                .narrow(3, 0, 1)
-                .narrow(5, 0, 1)
-                .reshape([b, c, ho, wo])
-        }
-    };
+    let out = conv_gemm(x, conv.weight.val(), conv.stride[0]);
     match &conv.bias {
         Some(bias) => {
             let c = bias.dims()[0];
@@ -110,28 +97,79 @@ pub(crate) fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tenso
     }
 }
 
-/// Valid (unpadded) stride-1 convolution of `x` `[b, c_in, h, w]` with `weight`
-/// `[c_out, c_in, k, k]` as `W [c_out, k²·c_in] × cols [k²·c_in, h'·w']` per image.
-fn conv_gemm<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+/// Valid (unpadded) convolution of `x` `[b, c_in, h, w]` with `weight` `[c_out, c_in, k, k]` and
+/// stride `stride`, as `k²` matrix products in channels-last order, without im2col:
+///
+/// - `x` becomes the matrix `X [b·h·w, c_in]` (one row per pixel, channels-last);
+/// - the output is computed at *every* pixel of the input grid (those whose window leaves the
+///   image are dropped at the end): the window offset `(i, j)` of output row `p` is input row
+///   `p + i·w + j`, so each offset reads a *contiguous row range* of `X`, and
+///   `Y = Σ_{i,j} X[i·w + j ..][..rows] · W_ij` with `W_ij = weight[:, :, i, j]ᵀ` `[c_in, c_out]`;
+/// - each product runs as `chunks` row batches (`[chunks, rows / chunks, c_in]` against the
+///   broadcast `[1, c_in, c_out]`), so that its weight gradient, a product whose inner
+///   dimension is every pixel, is `chunks` independent products summed afterwards;
+/// - stride `s` keeps every `s`-th row and column of the stride-1 result.
+///
+/// The backward pass is matrix products, row-range copies into a zero matrix and sums: no
+/// backend convolution kernel and no gather/scatter. Extra work: the `(h·w) / (h'·w')` border
+/// pixels (≈ 6 % at 64×64 with padding 1) and, for stride 2, the skipped positions (4×).
+fn conv_gemm<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
     let [b, c_in, h, w] = x.dims();
     let [c_out, _, k, _] = weight.dims();
-    let (ho, wo) = (h + 1 - k, w + 1 - k);
-    let cols = if k == 1 {
-        x.reshape([b, c_in, h * w])
+    let s = stride.max(1);
+    let (h1, w1) = (h + 1 - k, w + 1 - k); // stride-1 output size
+    let pixels = b * h * w;
+    let chunks = row_chunks(pixels);
+    let rows = pixels.div_ceil(chunks) * chunks;
+    let reach = (k - 1) * w + (k - 1); // the largest row offset of a window
+    let xm = x.permute([0, 2, 3, 1]).reshape([pixels, c_in]);
+    let xm = if rows + reach > pixels {
+        let device = xm.device();
+        Tensor::cat(vec![xm, Tensor::zeros([rows + reach - pixels, c_in], &device)], 0)
     } else {
-        let mut shifted = Vec::with_capacity(k * k);
-        for i in 0..k {
-            for j in 0..k {
-                shifted.push(x.clone().narrow(2, i, ho).narrow(3, j, wo));
-            }
-        }
-        Tensor::cat(shifted, 1).reshape([b, k * k * c_in, ho * wo])
+        xm
     };
-    let w2 = weight
-        .permute([0, 2, 3, 1])
-        .reshape([1, c_out, k * k * c_in])
-        .repeat_dim(0, b);
-    w2.matmul(cols).reshape([b, c_out, ho, wo])
+    // weight [c_out, c_in, k, k] → [k, k, c_in, c_out]
+    let wk = weight.permute([2, 3, 1, 0]);
+    let mut y: Option<Tensor<B, 3>> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let wij = wk
+                .clone()
+                .narrow(0, i, 1)
+                .narrow(1, j, 1)
+                .reshape([1, c_in, c_out]);
+            let part = xm
+                .clone()
+                .narrow(0, i * w + j, rows)
+                .reshape([chunks, rows / chunks, c_in])
+                .matmul(wij);
+            y = Some(match y {
+                Some(acc) => acc + part,
+                None => part,
+            });
+        }
+    }
+    let y = y.expect("k ≥ 1").reshape([rows, c_out]).narrow(0, 0, pixels);
+    let y = y.reshape([b, h, w, c_out]).narrow(1, 0, h1).narrow(2, 0, w1);
+    let y = y.permute([0, 3, 1, 2]); // [b, c_out, h1, w1]
+    match s {
+        1 => y,
+        _ => {
+            let (ho, wo) = (h1.div_ceil(s), w1.div_ceil(s));
+            y.pad((0, wo * s - w1, 0, ho * s - h1), 0.0)
+                .reshape([b, c_out, ho, s, wo, s])
+                .narrow(3, 0, 1)
+                .narrow(5, 0, 1)
+                .reshape([b, c_out, ho, wo])
+        }
+    }
+}
+
+/// How many row batches [`conv_gemm`] splits `rows` into: up to 64, with at least 1,024 rows
+/// per batch (1 for small inputs).
+fn row_chunks(rows: usize) -> usize {
+    (rows / 1024).clamp(1, 64)
 }
 
 /// `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`, with a 1×1 shortcut when channels change.
@@ -229,8 +267,9 @@ mod tests {
 
     type A = Autodiff<NdArray>;
 
-    /// The im2col path equals the backend's conv2d, values and gradients, for every shape the
-    /// VQGAN uses (3×3 same, 3×3 stride 2 after right/bottom padding, 1×1, odd sizes).
+    /// The matrix-product path equals the backend's conv2d, values and gradients, for every
+    /// shape the VQGAN uses (3×3 same, 3×3 stride 2 after right/bottom padding, 1×1, odd sizes,
+    /// more than one row batch).
     #[test]
     fn gemm_convolution_matches_the_backend() {
         let device = Default::default();
@@ -239,6 +278,8 @@ mod tests {
             (4, 6, 1, 1, 0, 5, 5),
             (5, 5, 3, 2, 0, 9, 9),
             (2, 3, 3, 2, 0, 8, 11),
+            // 3,526 pixels: three row batches and two spare rows
+            (3, 4, 3, 1, 1, 41, 43),
         ] {
             let c = conv::<A>(c_in, c_out, k, stride, pad, &device);
             let x0 = Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);

@@ -142,6 +142,11 @@ impl<B: Backend> VqganModel<B> {
         }
     }
 
+    /// The codebook `[num_embeddings, embed_dim]` (a parameter: gradients flow into it).
+    pub fn codebook(&self) -> Tensor<B, 2> {
+        self.codebook.val()
+    }
+
     /// Images `[b, C, H, W]` in the model's pixel range → pre-quantisation latents
     /// `[b, embed_dim, H/f, W/f]` (`quant_conv` output).
     pub fn encode_latent(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

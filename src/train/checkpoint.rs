@@ -229,6 +229,9 @@ where
         if format!("{:016x}", fnv1a64(&bytes)) != *want {
             return Err(bad(&p, "checksum mismatch: the file is corrupt or was modified"));
         }
+        // Burn's decoder reserves the element counts a record claims: bound them first
+        crate::io::check_msgpack_claims(&bytes)
+            .map_err(|e| bad(&p, format!("not a MessagePack record: {e}")))?;
         Ok(bytes)
     };
     let (mut model_bytes, mut optim_bytes) = (Some(read("model.mpk")?), Some(read("optim.mpk")?));
