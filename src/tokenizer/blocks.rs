@@ -39,8 +39,8 @@ pub enum ConvPath {
     /// `k²` matrix products over row ranges of the channels-last input (one per window
     /// offset, no im2col copy), so that the backward pass is matrix products, row-range
     /// copies and sums instead of the backend's convolution-backward kernels. Keeps one copy
-    /// of the input for the backward pass. BENCHMARKS.md (run 5) times it against the
-    /// backend's `conv2d` on an H200.
+    /// of the input for the backward pass. BENCHMARKS.md (run 5) has the measurements that
+    /// led to this form; it is checked against `conv2d` on the CPU, not yet timed on a GPU.
     Gemm,
 }
 
