@@ -131,26 +131,20 @@ fn conv_gemm<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -
     };
     // weight [c_out, c_in, k, k] → [k, k, c_in, c_out]
     let wk = weight.permute([2, 3, 1, 0]);
-    let mut y: Option<Tensor<B, 3>> = None;
-    for i in 0..k {
-        for j in 0..k {
-            let wij = wk
-                .clone()
-                .narrow(0, i, 1)
-                .narrow(1, j, 1)
-                .reshape([1, c_in, c_out]);
-            let part = xm
-                .clone()
-                .narrow(0, i * w + j, rows)
-                .reshape([chunks, rows / chunks, c_in])
-                .matmul(wij);
-            y = Some(match y {
-                Some(acc) => acc + part,
-                None => part,
-            });
-        }
-    }
-    let y = y.expect("k ≥ 1").reshape([rows, c_out]).narrow(0, 0, pixels);
+    let product = |i: usize, j: usize| {
+        let wij = wk
+            .clone()
+            .narrow(0, i, 1)
+            .narrow(1, j, 1)
+            .reshape([1, c_in, c_out]);
+        xm.clone()
+            .narrow(0, i * w + j, rows)
+            .reshape([chunks, rows / chunks, c_in])
+            .matmul(wij)
+    };
+    // the k² window offsets `(o / k, o % k)`, summed
+    let y = (1..k * k).fold(product(0, 0), |acc, o| acc + product(o / k, o % k));
+    let y = y.reshape([rows, c_out]).narrow(0, 0, pixels);
     let y = y.reshape([b, h, w, c_out]).narrow(1, 0, h1).narrow(2, 0, w1);
     let y = y.permute([0, 3, 1, 2]); // [b, c_out, h1, w1]
     match s {
