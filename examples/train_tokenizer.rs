@@ -4,7 +4,7 @@
 //! cargo run --release --example train_tokenizer -- [--data DIR] [--train-images 2048] \
 //!     [--val-images 1000] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] \
 //!     [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] \
-//!     [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] \
+//!     [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv gemm|backend] \
 //!     [--seed 0] [--checkpoint-every 500] [--out target/tokenizer-run]
 //! ```
 //!
@@ -40,7 +40,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv backend|gemm] [--seed 0] [--checkpoint-every 500] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv gemm|backend] [--seed 0] [--checkpoint-every 500] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -126,7 +126,7 @@ fn main() -> AnyResult<()> {
         cfg.time_budget = Some(TimeBudget::new(Duration::from_secs_f64(secs)));
     }
     let log_every: usize = args.get("log-every", 20)?;
-    set_conv_path(match args.get("conv", "backend".to_string())?.as_str() {
+    set_conv_path(match args.get("conv", "gemm".to_string())?.as_str() {
         "gemm" => ConvPath::Gemm,
         "backend" => ConvPath::Backend,
         other => return Err(format!("--conv must be backend or gemm, got {other}").into()),

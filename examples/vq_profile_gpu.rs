@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --no-default-features --features cuda --example vq_profile_gpu
-//! target/release/examples/vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv backend|gemm]
+//! target/release/examples/vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend]
 //! ```
 //!
 //! Every time is the median of `--reps` runs after two warm-up runs, each run ended by a device
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use ar_refine::decode::{nearest_codes, Metric};
 use ar_refine::tokenizer::{
-    apply_conv, set_conv_path, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
+    apply_conv, apply_conv_padded, set_conv_path, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
 };
 use args::{AnyResult, Args};
 use burn::backend::{Autodiff, Cuda};
@@ -35,7 +35,7 @@ type B = Cuda;
 type A = Autodiff<Cuda>;
 
 const USAGE: &str =
-    "vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv backend|gemm] [--layers-only] [--pieces]";
+    "vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend] [--layers-only] [--pieces]";
 
 /// Median milliseconds of `reps` runs of `f` (after two warm-up runs), each ended by a sync.
 fn time(device: &burn::tensor::Device<B>, reps: usize, mut f: impl FnMut()) -> f64 {
@@ -77,7 +77,7 @@ fn main() -> AnyResult<()> {
         args.get("hidden", 64)?,
         args.get("reps", 10)?,
     );
-    set_conv_path(match args.get("conv", "backend".to_string())?.as_str() {
+    set_conv_path(match args.get("conv", "gemm".to_string())?.as_str() {
         "gemm" => ConvPath::Gemm,
         "backend" => ConvPath::Backend,
         other => return Err(format!("--conv must be backend or gemm, got {other}").into()),
@@ -202,90 +202,178 @@ fn phases(
     );
 }
 
-/// The tensor operations the im2col convolution is made of, forward + backward, at the first
-/// level's shape: `[b·h·w, 9·c] × [9·c, c]` as one product and as row batches, the shifted
-/// views side by side, and the layout changes.
+/// The tensor operations the row-range convolution (`ConvPath::Gemm`) is made of, at the first
+/// level's shape (`X [b·h·w, c]` channels-last, 3×3 window), each alone, forward + backward
+/// unless noted: where its backward pass spends its time.
 fn pieces(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Device<B>, reps: usize) {
     let rows = batch * size * size;
-    let k9 = 9 * hidden;
-    let gflop = 2.0 * (rows * k9 * hidden) as f64 / 1e9;
+    let c = hidden;
+    let reach = 2 * size + 2;
+    let gflop = 2.0 * (rows * c * c) as f64 / 1e9;
     let dist = Distribution::Normal(0.0, 1.0);
-    let cols = Tensor::<A, 2>::random([rows, k9], dist, device).require_grad();
-    let w = Tensor::<A, 2>::random([k9, hidden], dist, device).require_grad();
-    let (cp, wp) = (cols.clone().inner(), w.clone().inner());
+    let xm = Tensor::<A, 2>::random([rows + reach, c], dist, device).require_grad();
+    let xp = xm.clone().inner();
+    let w = Tensor::<A, 3>::random([1, c, c], dist, device).require_grad();
+    let g = Tensor::<B, 2>::random([rows, c], dist, device);
     row(
-        "matmul [rows, 9c] x [9c, c] forward",
+        "zeros [rows + reach, c] (no autodiff)",
         time(device, reps, || {
-            let _ = cp.clone().matmul(wp.clone());
+            let _ = Tensor::<B, 2>::zeros([rows + reach, c], device);
         }),
-        Some(gflop),
+        None,
     );
     row(
-        "matmul [rows, 9c] x [9c, c] forward + backward",
+        "zeros + slice_assign of a row range (no autodiff)",
         time(device, reps, || {
-            let _ = cols.clone().matmul(w.clone()).sum().backward();
+            let z = Tensor::<B, 2>::zeros([rows + reach, c], device);
+            let _ = z.slice_assign([65..65 + rows, 0..c], g.clone());
         }),
-        Some(3.0 * gflop),
+        None,
     );
     row(
-        "matmul, 64 row batches, forward + backward",
+        "row-range narrow, forward only (no autodiff)",
         time(device, reps, || {
-            let _ = cols
+            let _ = xp.clone().narrow(0, 65, rows);
+        }),
+        None,
+    );
+    row(
+        "sum of X, forward + backward (baseline)",
+        time(device, reps, || {
+            let _ = xm.clone().sum().backward();
+        }),
+        None,
+    );
+    row(
+        "1 row-range narrow, sum, forward + backward",
+        time(device, reps, || {
+            let _ = xm.clone().narrow(0, 65, rows).sum().backward();
+        }),
+        None,
+    );
+    row(
+        "9 row-range narrows summed, forward + backward",
+        time(device, reps, || {
+            let y = (1..9).fold(xm.clone().narrow(0, 0, rows), |acc, o| {
+                acc + xm.clone().narrow(0, (o / 3) * size + o % 3, rows)
+            });
+            let _ = y.sum().backward();
+        }),
+        None,
+    );
+    let x0 = Tensor::<A, 2>::random([rows, c], dist, device).require_grad();
+    row(
+        "1 product, 64 row batches, contiguous X, forward + backward",
+        time(device, reps, || {
+            let _ = x0
                 .clone()
-                .reshape([64, rows / 64, k9])
-                .matmul(w.clone().unsqueeze::<3>())
+                .reshape([64, rows / 64, c])
+                .matmul(w.clone())
                 .sum()
                 .backward();
         }),
         Some(3.0 * gflop),
     );
-    let g = Tensor::<B, 2>::random([rows, hidden], dist, device);
     row(
-        "weight gradient alone: cols^T [9c, rows] x grad [rows, c]",
+        "1 product, 64 row batches, row-range view of X, forward + backward",
         time(device, reps, || {
-            let _ = cp.clone().transpose().matmul(g.clone());
+            let _ = xm
+                .clone()
+                .narrow(0, 65, rows)
+                .reshape([64, rows / 64, c])
+                .matmul(w.clone())
+                .sum()
+                .backward();
         }),
-        Some(gflop),
+        Some(3.0 * gflop),
     );
     row(
-        "weight gradient alone, cols^T made contiguous first",
+        "9 products on row ranges summed, forward + backward",
         time(device, reps, || {
-            let t = cp.clone().transpose();
-            let t = t.clone().reshape([k9 * rows]).reshape([k9, rows]);
-            let _ = t.matmul(g.clone());
+            let p = |o: usize| {
+                xm.clone()
+                    .narrow(0, (o / 3) * size + o % 3, rows)
+                    .reshape([64, rows / 64, c])
+                    .matmul(w.clone())
+            };
+            let _ = (1..9).fold(p(0), |acc, o| acc + p(o)).sum().backward();
         }),
-        Some(gflop),
+        Some(27.0 * gflop),
+    );
+    let w4 = Tensor::<A, 4>::random([c, c, 3, 3], dist, device).require_grad();
+    row(
+        "9 weight taps: permute, narrow, reshape, forward + backward",
+        time(device, reps, || {
+            let wk = w4.clone().permute([2, 3, 1, 0]);
+            let taps = (0..9).map(|o| {
+                wk.clone()
+                    .narrow(0, o / 3, 1)
+                    .narrow(1, o % 3, 1)
+                    .reshape([1, c, c])
+                    .sum()
+            });
+            let _ = taps.reduce(|a, b| a + b).map(|t| t.backward());
+        }),
+        None,
+    );
+    let y = Tensor::<A, 2>::random([rows, c], dist, device).require_grad();
+    let (h1, w1) = (size - 2, size - 2);
+    row(
+        "output border dropped + channels-first, forward + backward",
+        time(device, reps, || {
+            let _ = y
+                .clone()
+                .reshape([batch, size, size, c])
+                .narrow(1, 0, h1)
+                .narrow(2, 0, w1)
+                .permute([0, 3, 1, 2])
+                .sum()
+                .backward();
+        }),
+        None,
+    );
+    let x4 = Tensor::<A, 4>::random([batch, c, size, size], dist, device).require_grad();
+    row(
+        "pad 1 on each side, forward + backward",
+        time(device, reps, || {
+            let _ = x4.clone().pad((1, 1, 1, 1), 0.0).sum().backward();
+        }),
+        None,
+    );
+    let r = Tensor::<A, 4>::random([batch, c, size + 2, size + 2], dist, device);
+    row(
+        "pad 1 on each side, gradient not a broadcast, forward + backward",
+        time(device, reps, || {
+            let _ = (x4.clone().pad((1, 1, 1, 1), 0.0) * r.clone()).sum().backward();
+        }),
+        None,
     );
     row(
-        "input gradient alone: grad [rows, c] x W^T [c, 9c]",
+        "pad 1 on each side, inner backend, forward only",
         time(device, reps, || {
-            let _ = g.clone().matmul(wp.clone().transpose());
+            let _ = x4.clone().inner().pad((1, 1, 1, 1), 0.0);
         }),
-        Some(gflop),
+        None,
     );
-    let x = Tensor::<A, 4>::random([batch, hidden, size, size], dist, device).require_grad();
     row(
-        "pad + channels-last + 9 shifted views side by side, forward + backward",
+        "zero padding by concatenation (width, then height), forward + backward",
         time(device, reps, || {
-            let xl = x.clone().pad((1, 1, 1, 1), 0.0).permute([0, 2, 3, 1]);
-            let mut v = Vec::new();
-            for i in 0..3 {
-                for j in 0..3 {
-                    v.push(xl.clone().narrow(1, i, size).narrow(2, j, size));
-                }
-            }
-            let _ = Tensor::cat(v, 3).sum().backward();
+            let zw = Tensor::<A, 4>::zeros([batch, c, size, 1], device);
+            let zh = Tensor::<A, 4>::zeros([batch, c, 1, size + 2], device);
+            let p = Tensor::cat(vec![zw.clone(), x4.clone(), zw], 3);
+            let p = Tensor::cat(vec![zh.clone(), p, zh], 2);
+            let _ = (p * r.clone()).sum().backward();
         }),
         None,
     );
     row(
         "channels-last and back (permute, reshape), forward + backward",
         time(device, reps, || {
-            let _ = x
+            let _ = x4
                 .clone()
                 .permute([0, 2, 3, 1])
-                .reshape([rows, hidden])
-                .reshape([batch, size, size, hidden])
+                .reshape([rows, c])
+                .reshape([batch, size, size, c])
                 .permute([0, 3, 1, 2])
                 .sum()
                 .backward();
@@ -328,9 +416,7 @@ fn layers(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
     row(
         "conv 3x3 stride 2 forward + backward",
         time(device, reps, || {
-            let _ = apply_conv(&down, x.clone().pad((0, 1, 0, 1), 0.0))
-                .sum()
-                .backward();
+            let _ = apply_conv_padded(&down, x.clone(), [0, 1, 0, 1]).sum().backward();
         }),
         Some(3.0 * gflop / 4.0),
     );

@@ -32,33 +32,37 @@ pub(crate) fn conv<B: Backend>(
 }
 
 /// How the tokenizer runs its convolutions ([`set_conv_path`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
-    /// The backend's `conv2d` (default).
+    /// The backend's `conv2d`.
     Backend,
     /// `k²` matrix products over row ranges of the channels-last input (one per window
     /// offset, no im2col copy), so that the backward pass is matrix products, row-range
-    /// copies and sums instead of the backend's convolution-backward kernels. Keeps one copy
-    /// of the input for the backward pass. BENCHMARKS.md (run 5) has the measurements that
-    /// led to this form; it is checked against `conv2d` on the CPU, not yet timed on a GPU.
+    /// copies and sums instead of the backend's convolution-backward kernels (default).
+    /// Keeps one zero-padded channels-last copy of the input for the backward pass. On an
+    /// H200 (Burn 0.21 CUDA, f32) the small-LVM tokenizer's training step takes 337 ms this
+    /// way and 2,199 ms through `conv2d`; on 2 CPU cores (`ndarray`, batch 8, hidden 32)
+    /// 2.6 s against 30 s (BENCHMARKS.md, run 6).
+    #[default]
     Gemm,
 }
 
 static CONV_PATH: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses how every VQGAN in this process runs its convolutions (for training-speed
-/// comparisons and memory-tight inference); both paths compute the same function.
+/// Chooses how every VQGAN in this process runs its convolutions (for speed comparisons);
+/// both paths compute the same function. The default is [`ConvPath::Gemm`].
 ///
 /// ```
 /// use ar_refine::tokenizer::{conv_path, set_conv_path, ConvPath};
-/// set_conv_path(ConvPath::Gemm);
 /// assert_eq!(conv_path(), ConvPath::Gemm);
 /// set_conv_path(ConvPath::Backend);
+/// assert_eq!(conv_path(), ConvPath::Backend);
+/// set_conv_path(ConvPath::Gemm);
 /// ```
 pub fn set_conv_path(path: ConvPath) {
     let v = match path {
-        ConvPath::Backend => 0,
-        ConvPath::Gemm => 1,
+        ConvPath::Gemm => 0,
+        ConvPath::Backend => 1,
     };
     CONV_PATH.store(v, Ordering::Relaxed);
 }
@@ -66,8 +70,8 @@ pub fn set_conv_path(path: ConvPath) {
 /// The current [`ConvPath`].
 pub fn conv_path() -> ConvPath {
     match CONV_PATH.load(Ordering::Relaxed) {
-        1 => ConvPath::Gemm,
-        _ => ConvPath::Backend,
+        1 => ConvPath::Backend,
+        _ => ConvPath::Gemm,
     }
 }
 
@@ -82,12 +86,36 @@ pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
         PaddingConfig2d::Explicit(p, ..) => p,
         _ => 0,
     };
-    let x = if pad > 0 {
-        x.pad((pad, pad, pad, pad), 0.0)
-    } else {
-        x
+    apply_conv_padded(conv, x, [pad; 4])
+}
+
+/// `conv` (whose own padding is ignored) applied to `x` `[b, c_in, h, w]` zero-padded by
+/// `pads` = `[left, right, top, bottom]` pixels, on the path [`conv_path`] selects; returns
+/// `[b, c_out, h', w']`. The VQGAN's downsampling convolution pads `[0, 1, 0, 1]`.
+pub fn apply_conv_padded<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pads: [usize; 4]) -> Tensor<B, 4> {
+    conv_padded_on(conv_path(), conv, x, pads)
+}
+
+/// [`apply_conv_padded`] on the given path.
+fn conv_padded_on<B: Backend>(
+    path: ConvPath,
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    pads: [usize; 4],
+) -> Tensor<B, 4> {
+    let out = match path {
+        ConvPath::Backend => {
+            let [l, r, t, b] = pads;
+            let x = pad_zeros(pad_zeros(x, 3, l, r), 2, t, b);
+            burn::tensor::module::conv2d(
+                x,
+                conv.weight.val(),
+                None,
+                burn::tensor::ops::ConvOptions::new(conv.stride, [0, 0], conv.dilation, conv.groups),
+            )
+        }
+        ConvPath::Gemm => conv_gemm(x, conv.weight.val(), conv.stride[0], pads),
     };
-    let out = conv_gemm(x, conv.weight.val(), conv.stride[0]);
     match &conv.bias {
         Some(bias) => {
             let c = bias.dims()[0];
@@ -97,10 +125,41 @@ pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
     }
 }
 
-/// Valid (unpadded) convolution of `x` `[b, c_in, h, w]` with `weight` `[c_out, c_in, k, k]` and
-/// stride `stride`, as `k²` matrix products in channels-last order, without im2col:
+/// `x` with `before` zeros in front of and `after` zeros behind dimension `dim`, built by
+/// concatenation. (Burn 0.21's `Tensor::pad` writes `x` into a filled tensor with
+/// `slice_assign`; on CUDA its forward + backward pass took 200–250 ms at `[64, 64, 64, 64]`, where
+/// concatenation's backward pass is slices of the gradient: BENCHMARKS.md, run 6.)
+pub(crate) fn pad_zeros<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dim: usize,
+    before: usize,
+    after: usize,
+) -> Tensor<B, D> {
+    if before + after == 0 {
+        return x;
+    }
+    let device = x.device();
+    let zeros = |n: usize| {
+        let mut shape = x.dims();
+        shape[dim] = n;
+        Tensor::<B, D>::zeros(shape, &device)
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(zeros(before));
+    }
+    let tail = (after > 0).then(|| zeros(after));
+    parts.push(x);
+    parts.extend(tail);
+    Tensor::cat(parts, dim)
+}
+
+/// Convolution of `x` `[b, c_in, h, w]`, zero-padded by `pads` `[left, right, top, bottom]`,
+/// with `weight` `[c_out, c_in, k, k]` and stride `stride`, as `k²` matrix products in
+/// channels-last order, without im2col:
 ///
-/// - `x` becomes the matrix `X [b·h·w, c_in]` (one row per pixel, channels-last);
+/// - `x` becomes the matrix `X [b·h·w, c_in]` (one row per pixel of the padded grid,
+///   channels-last; the zeros are concatenated in channels-last order);
 /// - the output is computed at *every* pixel of the input grid (those whose window leaves the
 ///   image are dropped at the end): the window offset `(i, j)` of output row `p` is input row
 ///   `p + i·w + j`, so each offset reads a *contiguous row range* of `X`, and
@@ -113,22 +172,26 @@ pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
 /// The backward pass is matrix products, row-range copies into a zero matrix and sums: no
 /// backend convolution kernel and no gather/scatter. Extra work: the `(h·w) / (h'·w')` border
 /// pixels (≈ 6 % at 64×64 with padding 1) and, for stride 2, the skipped positions (4×).
-fn conv_gemm<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+fn conv_gemm<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: usize,
+    pads: [usize; 4],
+) -> Tensor<B, 4> {
     let [b, c_in, h, w] = x.dims();
     let [c_out, _, k, _] = weight.dims();
     let s = stride.max(1);
+    let [left, right, top, bottom] = pads;
+    // channels-last, zero-padded: [b, h, w, c_in]
+    let xl = x.permute([0, 2, 3, 1]);
+    let xl = pad_zeros(pad_zeros(xl, 2, left, right), 1, top, bottom);
+    let (h, w) = (h + top + bottom, w + left + right);
     let (h1, w1) = (h + 1 - k, w + 1 - k); // stride-1 output size
     let pixels = b * h * w;
     let chunks = row_chunks(pixels);
     let rows = pixels.div_ceil(chunks) * chunks;
     let reach = (k - 1) * w + (k - 1); // the largest row offset of a window
-    let xm = x.permute([0, 2, 3, 1]).reshape([pixels, c_in]);
-    let xm = if rows + reach > pixels {
-        let device = xm.device();
-        Tensor::cat(vec![xm, Tensor::zeros([rows + reach - pixels, c_in], &device)], 0)
-    } else {
-        xm
-    };
+    let xm = pad_zeros(xl.reshape([pixels, c_in]), 0, 0, rows + reach - pixels);
     // weight [c_out, c_in, k, k] → [k, k, c_in, c_out]
     let wk = weight.permute([2, 3, 1, 0]);
     let product = |i: usize, j: usize| {
@@ -145,19 +208,23 @@ fn conv_gemm<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -
     // the k² window offsets `(o / k, o % k)`, summed
     let y = (1..k * k).fold(product(0, 0), |acc, o| acc + product(o / k, o % k));
     let y = y.reshape([rows, c_out]).narrow(0, 0, pixels);
-    let y = y.reshape([b, h, w, c_out]).narrow(1, 0, h1).narrow(2, 0, w1);
-    let y = y.permute([0, 3, 1, 2]); // [b, c_out, h1, w1]
-    match s {
-        1 => y,
+    let y = y.reshape([b, h, w, c_out]);
+    let y = match s {
+        1 => y.narrow(1, 0, h1).narrow(2, 0, w1),
         _ => {
+            // output (a, c) is stride-1 position (s·a, s·c): rows and columns grouped by s
             let (ho, wo) = (h1.div_ceil(s), w1.div_ceil(s));
-            y.pad((0, wo * s - w1, 0, ho * s - h1), 0.0)
-                .reshape([b, c_out, ho, s, wo, s])
-                .narrow(3, 0, 1)
-                .narrow(5, 0, 1)
-                .reshape([b, c_out, ho, wo])
+            let y = pad_zeros(y, 1, 0, (ho * s).saturating_sub(h));
+            let y = pad_zeros(y, 2, 0, (wo * s).saturating_sub(w));
+            y.narrow(1, 0, ho * s)
+                .narrow(2, 0, wo * s)
+                .reshape([b, ho, s, wo, s, c_out])
+                .narrow(2, 0, 1)
+                .narrow(4, 0, 1)
+                .reshape([b, ho, wo, c_out])
         }
-    }
+    };
+    y.permute([0, 3, 1, 2]) // [b, c_out, h', w']
 }
 
 /// How many row batches [`conv_gemm`] splits `rows` into: up to 64, with at least 1,024 rows
@@ -239,7 +306,7 @@ impl<B: Backend> AttnBlock<B> {
 
 /// Stride-2 downsampling: pad right and bottom by one, then a 3×3 stride-2 convolution.
 pub(crate) fn downsample<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    apply_conv(conv, x.pad((0, 1, 0, 1), 0.0))
+    apply_conv_padded(conv, x, [0, 1, 0, 1])
 }
 
 /// Nearest-neighbour ×2 upsampling (built from reshapes, so it differentiates everywhere),
@@ -261,9 +328,32 @@ mod tests {
 
     type A = Autodiff<NdArray>;
 
+    /// `f(x)`, the gradient of `sum(f(x)²)` with respect to `x` and to `c`'s weight.
+    fn value_and_grads(
+        c: &Conv2d<A>,
+        x0: &Tensor<A, 4>,
+        f: impl Fn(Tensor<A, 4>) -> Tensor<A, 4>,
+    ) -> [Tensor<NdArray, 4>; 3] {
+        let x = x0.clone().detach().require_grad();
+        let y = f(x.clone());
+        let g = (y.clone() * y.clone()).sum().backward();
+        let gx = x.grad(&g).unwrap();
+        let gw = c.weight.val().grad(&g).unwrap();
+        [y.inner(), gx, gw]
+    }
+
+    /// Asserts that each pair of tensors agrees to 1e-4 of the first one's largest magnitude.
+    fn assert_close(a: [Tensor<NdArray, 4>; 3], b: [Tensor<NdArray, 4>; 3], case: &str) {
+        assert_eq!(a[0].dims(), b[0].dims(), "{case}");
+        for ((a, b), what) in a.into_iter().zip(b).zip(["output", "input grad", "weight grad"]) {
+            let d = (a.clone() - b).abs().max().into_scalar();
+            let m = a.abs().max().into_scalar();
+            assert!(d <= 1e-4 * m.max(1.0), "{case}: {what}: {d} vs scale {m}");
+        }
+    }
+
     /// The matrix-product path equals the backend's conv2d, values and gradients, for every
-    /// shape the VQGAN uses (3×3 same, 3×3 stride 2 after right/bottom padding, 1×1, odd sizes,
-    /// more than one row batch).
+    /// shape the VQGAN uses (3×3 same, 3×3 stride 2, 1×1, odd sizes, more than one row batch).
     #[test]
     fn gemm_convolution_matches_the_backend() {
         let device = Default::default();
@@ -277,37 +367,25 @@ mod tests {
         ] {
             let c = conv::<A>(c_in, c_out, k, stride, pad, &device);
             let x0 = Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let run = |path: ConvPath| {
-                let x = x0.clone().detach().require_grad();
-                let y = match path {
-                    ConvPath::Gemm => {
-                        let y = {
-                            set_conv_path(ConvPath::Gemm);
-                            apply_conv(&c, x.clone())
-                        };
-                        set_conv_path(ConvPath::Backend);
-                        y
-                    }
-                    _ => c.forward(x.clone()),
-                };
-                let g = (y.clone() * y.clone()).sum().backward();
-                let gx = x.grad(&g).unwrap();
-                let gw = c.weight.val().grad(&g).unwrap();
-                (y.inner(), gx, gw)
-            };
-            let (y1, gx1, gw1) = run(ConvPath::Backend);
-            let (y2, gx2, gw2) = run(ConvPath::Gemm);
-            assert_eq!(y1.dims(), y2.dims(), "{c_in} {c_out} {k} {stride} {h}×{w}");
-            for (a, b, what) in [(y1, y2, "output"), (gx1, gx2, "input grad")] {
-                let d = (a.clone() - b).abs().max().into_scalar();
-                let m = a.abs().max().into_scalar();
-                assert!(d <= 1e-4 * m.max(1.0), "{what}: {d} vs scale {m}");
+            let want = value_and_grads(&c, &x0, |x| c.forward(x));
+            let got = value_and_grads(&c, &x0, |x| conv_padded_on(ConvPath::Gemm, &c, x, [pad; 4]));
+            assert_close(want, got, &format!("{c_in} {c_out} {k} {stride} {h}×{w}"));
+        }
+    }
+
+    /// Downsampling (right/bottom zero padding by concatenation, then the stride-2
+    /// convolution) equals `Tensor::pad` followed by the backend's conv2d on both paths.
+    #[test]
+    fn downsampling_matches_pad_then_conv2d() {
+        let device = Default::default();
+        for (c_in, c_out, h, w) in [(3, 4, 8, 8), (2, 3, 9, 7)] {
+            let c = conv::<A>(c_in, c_out, 3, 2, 0, &device);
+            let x0 = Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let want = value_and_grads(&c, &x0, |x| c.forward(x.pad((0, 1, 0, 1), 0.0)));
+            for path in [ConvPath::Backend, ConvPath::Gemm] {
+                let got = value_and_grads(&c, &x0, |x| conv_padded_on(path, &c, x, [0, 1, 0, 1]));
+                assert_close(want.clone(), got, &format!("{path:?} {c_in} {c_out} {h}×{w}"));
             }
-            let d = (gw1.clone() - gw2).abs().max().into_scalar();
-            assert!(
-                d <= 1e-4 * gw1.abs().max().into_scalar().max(1.0),
-                "weight grad {d}"
-            );
         }
     }
 }
