@@ -300,6 +300,24 @@ fn pieces(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
         }),
         Some(27.0 * gflop),
     );
+    let w9 = Tensor::<A, 3>::random([1, 9 * c, c], dist, device).require_grad();
+    row(
+        "9 row ranges side by side (cat) + one product, 64 row batches, forward + backward",
+        time(device, reps, || {
+            let cols = Tensor::cat(
+                (0..9)
+                    .map(|o| xm.clone().narrow(0, (o / 3) * size + o % 3, rows))
+                    .collect(),
+                1,
+            );
+            let _ = cols
+                .reshape([64, rows / 64, 9 * c])
+                .matmul(w9.clone())
+                .sum()
+                .backward();
+        }),
+        Some(27.0 * gflop),
+    );
     let w4 = Tensor::<A, 4>::random([c, c, 3, 3], dist, device).require_grad();
     row(
         "9 weight taps: permute, narrow, reshape, forward + backward",
