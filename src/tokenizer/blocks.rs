@@ -89,9 +89,13 @@ pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
     apply_conv_padded(conv, x, [pad; 4])
 }
 
-/// `conv` (whose own padding is ignored) applied to `x` `[b, c_in, h, w]` zero-padded by
-/// `pads` = `[left, right, top, bottom]` pixels, on the path [`conv_path`] selects; returns
+/// `conv` (whose own padding is ignored; square kernel, no dilation or groups, as for
+/// [`apply_conv`]) applied to `x` `[b, c_in, h, w]` zero-padded by `pads` =
+/// `[left, right, top, bottom]` pixels, on the path [`conv_path`] selects; returns
 /// `[b, c_out, h', w']`. The VQGAN's downsampling convolution pads `[0, 1, 0, 1]`.
+///
+/// # Panics
+/// If the padded input is smaller than the kernel.
 pub fn apply_conv_padded<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pads: [usize; 4]) -> Tensor<B, 4> {
     conv_padded_on(conv_path(), conv, x, pads)
 }
