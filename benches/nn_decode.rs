@@ -14,8 +14,9 @@
 //! `examples/nn_decode_gpu.rs` and `scripts/nn_decode_bench.py`, which also score accuracy.
 
 use ar_refine::rng::SplitMix64;
+use ar_refine::ArBackend;
 use ar_refine::{Codebook, Metric};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 fn shapes() -> Vec<(&'static str, usize, usize, usize)> {
@@ -30,7 +31,7 @@ fn shapes() -> Vec<(&'static str, usize, usize, usize)> {
     s
 }
 
-fn data<B: Backend>(n: usize, k: usize, d: usize, device: &B::Device) -> (Tensor<B, 3>, Codebook<B>) {
+fn data<B: ArBackend>(n: usize, k: usize, d: usize, device: &B::Device) -> (Tensor<B, 3>, Codebook<B>) {
     let mut rng = SplitMix64::new(2026);
     let q: Vec<f32> = (0..n * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let c: Vec<f32> = (0..k * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
@@ -44,7 +45,7 @@ fn data<B: Backend>(n: usize, k: usize, d: usize, device: &B::Device) -> (Tensor
 }
 
 /// Benchmarks `run` (one search of every query) at every shape, as `label/method/shape`.
-fn shapes_with<B: Backend>(
+fn shapes_with<B: ArBackend>(
     g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     label: &str,
     method: &str,
@@ -60,7 +61,7 @@ fn shapes_with<B: Backend>(
     }
 }
 
-fn reference<B: Backend>(
+fn reference<B: ArBackend>(
     g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     label: &str,
     device: &B::Device,

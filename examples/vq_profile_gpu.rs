@@ -22,6 +22,7 @@ use ar_refine::decode::{nearest_codes, Metric};
 use ar_refine::tokenizer::{
     apply_conv, apply_conv_padded, set_conv_path, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
 };
+use ar_refine::ArBackend;
 use args::{AnyResult, Args};
 use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
@@ -467,6 +468,44 @@ fn layers(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
         "SiLU forward + backward",
         time(device, reps, || {
             let _ = burn::tensor::activation::silu(x.clone()).sum().backward();
+        }),
+        None,
+    );
+    // `silu(group_norm(x))` as the residual blocks run it: Burn's tensor operations against the
+    // crate's fused kernels (`ArBackend::group_norm_silu`, what `AR_REFINE_FUSED=0` turns off).
+    row(
+        "GroupNorm(32) + SiLU forward + backward, tensor ops",
+        time(device, reps, || {
+            let _ = burn::tensor::activation::silu(gn.forward(x.clone()))
+                .sum()
+                .backward();
+        }),
+        None,
+    );
+    let (gamma, beta) = (
+        gn.gamma.as_ref().expect("affine").val(),
+        gn.beta.as_ref().expect("affine").val(),
+    );
+    let fused = |x: Tensor<A, 4>| {
+        <A as ArBackend>::group_norm_silu(x, gamma.clone(), beta.clone(), 32, 1e-6).expect("CubeCL backend")
+    };
+    row(
+        "GroupNorm(32) + SiLU forward, fused",
+        time(device, reps, || {
+            let _ = <B as ArBackend>::group_norm_silu(
+                xp.clone(),
+                gamma.clone().inner(),
+                beta.clone().inner(),
+                32,
+                1e-6,
+            );
+        }),
+        None,
+    );
+    row(
+        "GroupNorm(32) + SiLU forward + backward, fused",
+        time(device, reps, || {
+            let _ = fused(x.clone()).sum().backward();
         }),
         None,
     );

@@ -10,14 +10,14 @@ mkdir -p "$out" .run
 xz -dc .bin/vq_profile_gpu.xz > .run/vq_profile_gpu && chmod +x .run/vq_profile_gpu
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt"
 {
-    echo '# ours, channels-last im2col + matmul convolutions'
+    echo '# ours, row-range convolutions, fused GroupNorm + SiLU kernels'
     timeout 150 .run/vq_profile_gpu --reps 10 --conv gemm
+    echo '# ours, the same with AR_REFINE_FUSED=0 (GroupNorm and SiLU as Burn tensor ops)'
+    AR_REFINE_FUSED=0 timeout 150 .run/vq_profile_gpu --reps 10 --conv gemm
     echo '# PyTorch: the layers alone'
     timeout 120 python3 scripts/torch_vq_ops.py --reps 10
     echo '# PyTorch: the whole step'
     timeout 120 python3 scripts/torch_vq_step.py --hidden 64 --mult 1,2,2 --codebook 1024 --dim 32 --batch 64
-    echo '# ours, conv2d of the backend'
-    timeout 200 .run/vq_profile_gpu --reps 5
 } > "$out/vq-profile.jsonl" 2> "$out/vq-profile.err"
 tail -5 "$out/vq-profile.err"
 cat "$out/vq-profile.jsonl"

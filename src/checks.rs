@@ -3,14 +3,15 @@
 //! Burn's tensor API panics on shape errors; public functions of this crate call these
 //! helpers first so that user input yields an [`Error`] instead.
 
+use crate::ArBackend;
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 
 /// Reads a tensor's data back to the host, mapping backend failures to [`Error::Backend`].
-pub(crate) fn read_data<B: Backend, const D: usize, K>(t: Tensor<B, D, K>) -> Result<TensorData>
+pub(crate) fn read_data<B: ArBackend, const D: usize, K>(t: Tensor<B, D, K>) -> Result<TensorData>
 where
     K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
 {
@@ -18,17 +19,17 @@ where
 }
 
 /// Reads a float tensor as `Vec<f32>` (row-major).
-pub(crate) fn read_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+pub(crate) fn read_f32<B: ArBackend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
     Ok(read_data(t)?.iter::<f32>().collect())
 }
 
 /// Reads an int tensor as `Vec<i64>` (row-major).
-pub(crate) fn read_i64<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Vec<i64>> {
+pub(crate) fn read_i64<B: ArBackend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Vec<i64>> {
     Ok(read_data(t)?.iter::<i64>().collect())
 }
 
 /// Builds an int tensor `[rows, cols]` from host ids.
-pub(crate) fn int_tensor<B: Backend>(
+pub(crate) fn int_tensor<B: ArBackend>(
     ids: Vec<i64>,
     rows: usize,
     cols: usize,
@@ -67,7 +68,7 @@ pub(crate) fn expect_non_empty(what: &str, pattern: &str, got: &[usize]) -> Resu
 }
 
 /// Fails with [`Error::NonFinite`] when `t` holds NaN or ±infinity. One device read-back.
-pub(crate) fn ensure_finite<B: Backend, const D: usize>(t: &Tensor<B, D>, what: &str) -> Result<()> {
+pub(crate) fn ensure_finite<B: ArBackend, const D: usize>(t: &Tensor<B, D>, what: &str) -> Result<()> {
     // x - x is 0 for finite x and NaN for NaN and ±inf: a single elementwise op and reduction.
     let bad = t.clone().sub(t.clone()).is_nan().any();
     let bad = read_data(bad)?.iter::<bool>().next().unwrap_or(false);
@@ -80,7 +81,7 @@ pub(crate) fn ensure_finite<B: Backend, const D: usize>(t: &Tensor<B, D>, what: 
 
 /// Fails with [`Error::TokenOutOfRange`] when an id of `tokens` lies outside `valid`.
 /// One device read-back (the minimum and maximum together).
-pub(crate) fn ensure_ids_in<B: Backend, const D: usize>(
+pub(crate) fn ensure_ids_in<B: ArBackend, const D: usize>(
     tokens: &Tensor<B, D, Int>,
     valid: Range<i64>,
     what: &str,

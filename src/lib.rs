@@ -20,11 +20,17 @@
 //!   [`SelfRefinement`].
 //! - Every public function returns [`Result`] with the one [`Error`] type.
 //!
-//! Backends: any Burn 0.21 backend; the crate's features `ndarray` (default), `wgpu`, `cuda`
-//! enable Burn's backends of the same names.
+//! Backends: generic items take `B: `[`ArBackend`] (Burn's `Backend` plus the routes to the
+//! crate's fused CubeCL kernels), implemented for Burn's `NdArray`, wgpu and CUDA backends and
+//! their `Autodiff` wrappers; any other Burn 0.21 backend opts in with an empty impl and runs
+//! on tensor operations. The crate's features `ndarray` (default), `wgpu`, `cuda` enable Burn's
+//! backends of the same names.
 
 pub mod backbone;
+pub mod backend;
 pub(crate) mod checks;
+#[cfg(feature = "cubecl")]
+mod cube;
 pub mod data;
 pub mod decode;
 mod device_watch;
@@ -40,6 +46,7 @@ pub mod train;
 pub mod traits;
 
 pub use backbone::{generate_by_forward, Sampling};
+pub use backend::{ArAutodiffBackend, ArBackend};
 pub use decode::{nearest_codes, Codebook, KernelPrecision, Metric, DEFAULT_MEMORY_BUDGET};
 pub use device_watch::{check_device, device_panics, watch_device_panics};
 pub use error::{Error, Result};

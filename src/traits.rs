@@ -3,9 +3,10 @@
 //! They are object safe, so a pipeline can hold `&dyn Tokenizer<B>` chosen at run time (for
 //! example from a serde config) without generics spreading through user code.
 
+use crate::ArBackend;
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{generate_by_forward, score_answers, AnswerScores, Sampling};
@@ -53,9 +54,9 @@ impl TokenGrid {
 /// use burn::tensor::{backend::Backend, Int, Tensor};
 ///
 /// /// One token per 1×1 "image": the code nearest to its RGB value.
-/// struct PixelTokenizer<B: Backend> { book: Codebook<B> }
+/// struct PixelTokenizer<B: ArBackend> { book: Codebook<B> }
 ///
-/// impl<B: Backend> Tokenizer<B> for PixelTokenizer<B> {
+/// impl<B: ArBackend> Tokenizer<B> for PixelTokenizer<B> {
 ///     fn image_size(&self) -> (usize, usize) { (1, 1) }
 ///     fn grid(&self) -> TokenGrid { TokenGrid::new(1, 1) }
 ///     fn codebook(&self) -> &Codebook<B> { &self.book }
@@ -75,7 +76,7 @@ impl TokenGrid {
 /// # let ids = t.encode(Tensor::from_floats([[[[0.9]],[[0.8]],[[1.0]]]], &d)).unwrap();
 /// # assert_eq!(ids.into_data().iter::<i64>().next(), Some(1));
 /// ```
-pub trait Tokenizer<B: Backend> {
+pub trait Tokenizer<B: ArBackend> {
     /// Image size `(height, width)` in pixels that `encode` takes and `decode` returns.
     fn image_size(&self) -> (usize, usize);
 
@@ -114,7 +115,7 @@ pub trait Tokenizer<B: Backend> {
 
 /// What a teacher-forced pass returns.
 #[derive(Clone, Debug)]
-pub struct ForwardOutput<B: Backend> {
+pub struct ForwardOutput<B: ArBackend> {
     /// Next-token logits `[b, n, vocab]`: position `i` predicts token `i + 1`.
     pub logits: Tensor<B, 3>,
     /// Final hidden states `[b, n, hidden]`, when asked for and available.
@@ -128,7 +129,7 @@ pub struct ForwardOutput<B: Backend> {
 /// (correct for any causal model, quadratic in length). Models with a KV cache override it.
 ///
 /// Image code `c` is vocabulary id `image_token_ids().start + c`.
-pub trait ArBackbone<B: Backend> {
+pub trait ArBackbone<B: ArBackend> {
     /// Vocabulary size (logit width).
     fn vocab_size(&self) -> usize;
 
@@ -196,7 +197,7 @@ pub trait ArBackbone<B: Backend> {
 /// What the backbone believed about each token it chose, from one teacher-forced pass over the
 /// prompt and its own answer (see [`crate::backbone::score_answers`]).
 #[derive(Clone, Debug)]
-pub struct Confidence<B: Backend> {
+pub struct Confidence<B: ArBackend> {
     /// `log p(chosen code)` under the backbone's softmax over the image codes at temperature 1,
     /// `[b, n]` (values `<= 0`).
     pub log_prob: Tensor<B, 2>,
@@ -207,7 +208,7 @@ pub struct Confidence<B: Backend> {
 /// The prompt an answer was generated from, as code embeddings: the last `images` images of the
 /// visual sentence (the query image last), each laid out on the answer's grid.
 #[derive(Clone, Debug)]
-pub struct PromptContext<B: Backend> {
+pub struct PromptContext<B: ArBackend> {
     /// `[b, images · n, D]`, images in sentence order (`…, y_K, x_q`).
     pub embeddings: Tensor<B, 3>,
     /// How many images `embeddings` holds.
@@ -231,7 +232,7 @@ pub struct PromptContext<B: Backend> {
 /// assert!(input.check(16).is_err()); // D mismatch
 /// ```
 #[derive(Clone, Debug)]
-pub struct RefineInput<B: Backend> {
+pub struct RefineInput<B: ArBackend> {
     /// The backbone's code ids `[b, n]` (`0..K`).
     pub codes: Tensor<B, 2, Int>,
     /// Their code embeddings `[b, n, D]`.
@@ -247,7 +248,7 @@ pub struct RefineInput<B: Backend> {
     pub hidden: Option<Tensor<B, 3>>,
 }
 
-impl<B: Backend> RefineInput<B> {
+impl<B: ArBackend> RefineInput<B> {
     /// The answer alone: codes `[b, n]`, their embeddings `[b, n, D]`, and the grid.
     pub fn new(codes: Tensor<B, 2, Int>, embeddings: Tensor<B, 3>, grid: TokenGrid) -> Self {
         Self {
@@ -338,7 +339,7 @@ impl<B: Backend> RefineInput<B> {
 
 /// What a [`Refiner`] returns.
 #[derive(Clone, Debug)]
-pub struct RefineOutput<B: Backend> {
+pub struct RefineOutput<B: ArBackend> {
     /// Refined embeddings `[b, n, D]` (the paper's output; snapped to the nearest code).
     pub embeddings: Tensor<B, 3>,
     /// Scores over the codebook `[b, n, K]`, when the refiner has a categorical head.
@@ -347,7 +348,7 @@ pub struct RefineOutput<B: Backend> {
     pub wrong_logit: Option<Tensor<B, 2>>,
 }
 
-impl<B: Backend> RefineOutput<B> {
+impl<B: ArBackend> RefineOutput<B> {
     /// Embeddings only, as an embedding regressor (the paper's refiner) returns.
     pub fn embeddings(embeddings: Tensor<B, 3>) -> Self {
         Self {
@@ -385,14 +386,14 @@ pub struct RefinerNeeds {
 /// #[derive(Module, Clone, Debug)]
 /// struct MeanMix { weight: f64 }
 ///
-/// impl<B: Backend> Refiner<B> for MeanMix {
+/// impl<B: ArBackend> Refiner<B> for MeanMix {
 ///     fn refine_embeddings(&self, e: Tensor<B, 3>, _grid: TokenGrid) -> Result<Tensor<B, 3>> {
 ///         let mean = e.clone().mean_dim(1);
 ///         Ok(e.mul_scalar(1.0 - self.weight) + mean.mul_scalar(self.weight))
 ///     }
 /// }
 /// ```
-pub trait Refiner<B: Backend> {
+pub trait Refiner<B: ArBackend> {
     /// Refines one batch of answers. The default calls
     /// [`refine_embeddings`](Self::refine_embeddings) on the answer's embeddings.
     fn refine(&self, input: RefineInput<B>) -> Result<RefineOutput<B>> {

@@ -3,12 +3,13 @@
 
 mod common;
 
+use ar_refine::ArBackend;
 use std::path::PathBuf;
 
 use ar_refine::backbone::{GenerateOptions, Llama, LlamaConfig};
 use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
 use ar_refine::{generate_by_forward, ArBackbone, Error, Sampling};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use common::to_vec;
 
 fn fixtures() -> PathBuf {
@@ -20,13 +21,13 @@ fn reference() -> SafetensorsFile {
 }
 
 /// Ids stored as f32 in the reference file → an int tensor.
-fn ids<B: Backend>(r: &SafetensorsFile, key: &str, device: &B::Device) -> Tensor<B, 2, Int> {
+fn ids<B: ArBackend>(r: &SafetensorsFile, key: &str, device: &B::Device) -> Tensor<B, 2, Int> {
     let shape = r.shape(key).unwrap().to_vec();
     let v: Vec<i64> = r.read_f32(key).unwrap().iter().map(|x| *x as i64).collect();
     Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), device)
 }
 
-fn ids_vec<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
+fn ids_vec<B: ArBackend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }
 
@@ -37,7 +38,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     diff / b.iter().map(|y| y.abs()).fold(0.0, f32::max)
 }
 
-fn logits_match_transformers<B: Backend>(device: &B::Device) {
+fn logits_match_transformers<B: ArBackend>(device: &B::Device) {
     let r = reference();
     for name in ["gqa", "gqa_sharded", "lvm", "pair", "tied"] {
         let model = Llama::<B>::from_pretrained(fixtures().join(name), device).unwrap();
@@ -52,7 +53,7 @@ fn logits_match_transformers<B: Backend>(device: &B::Device) {
     }
 }
 
-fn greedy_matches_transformers_with_and_without_cache<B: Backend>(device: &B::Device) {
+fn greedy_matches_transformers_with_and_without_cache<B: ArBackend>(device: &B::Device) {
     let r = reference();
     for name in ["gqa", "lvm", "pair", "tied"] {
         let model = Llama::<B>::from_pretrained(fixtures().join(name), device).unwrap();
@@ -80,7 +81,7 @@ fn greedy_matches_transformers_with_and_without_cache<B: Backend>(device: &B::De
 
 /// Sampling on the host with the KV cache gives exactly the tokens of the cache-free path, and
 /// the callback sees every step; the sliding window past the context also agrees.
-fn cached_sampling_equals_uncached<B: Backend>(device: &B::Device) {
+fn cached_sampling_equals_uncached<B: ArBackend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
     let prompt = ids(&reference(), "gqa.input_ids", device);
     let s = Sampling::temperature(1.0)
@@ -111,7 +112,7 @@ fn cached_sampling_equals_uncached<B: Backend>(device: &B::Device) {
 
 /// The scores the KV-cache generation records equal a teacher-forced pass over prompt + answer
 /// (the trait's default), for greedy and sampled answers.
-fn generation_scores_equal_teacher_forced_scores<B: Backend>(device: &B::Device) {
+fn generation_scores_equal_teacher_forced_scores<B: ArBackend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
     let prompt = ids(&reference(), "gqa.input_ids", device);
     for s in [Sampling::greedy(), Sampling::temperature(1.0).with_seed(5)] {
@@ -153,7 +154,7 @@ fn generation_scores_equal_teacher_forced_scores<B: Backend>(device: &B::Device)
     ));
 }
 
-fn lvm_generation_never_emits_special_ids<B: Backend>(device: &B::Device) {
+fn lvm_generation_never_emits_special_ids<B: ArBackend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("lvm"), device).unwrap();
     assert_eq!(model.image_token_ids(), 0..8192);
     let prompt = ids(&reference(), "lvm.prompt", device);
@@ -162,7 +163,7 @@ fn lvm_generation_never_emits_special_ids<B: Backend>(device: &B::Device) {
     assert!(ids_vec(out).iter().all(|i| (0..8192).contains(i)));
 }
 
-fn save_and_reload_round_trips<B: Backend>(device: &B::Device) {
+fn save_and_reload_round_trips<B: ArBackend>(device: &B::Device) {
     let model = Llama::<B>::from_pretrained(fixtures().join("gqa"), device).unwrap();
     let dir = std::env::temp_dir().join(format!("ar_refine_llama_rt_{}", std::process::id()));
     model.save_pretrained(&dir, StoreDtype::F32).unwrap();
@@ -174,7 +175,7 @@ fn save_and_reload_round_trips<B: Backend>(device: &B::Device) {
     std::fs::remove_dir_all(dir).ok();
 }
 
-fn bad_checkpoints_and_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
+fn bad_checkpoints_and_inputs_are_typed_errors<B: ArBackend>(device: &B::Device) {
     // Weights of one model under another's config: every mismatch is named.
     let mut cfg = LlamaConfig::from_file(fixtures().join("gqa")).unwrap();
     cfg.num_key_value_heads = Some(4);

@@ -3,14 +3,15 @@
 mod common;
 
 use ar_refine::{cosine_loss, Codebook, Error, Metric, RefineOutput, RefinementLoss};
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Bool, Int, Tensor, TensorData};
+use ar_refine::{ArAutodiffBackend, ArBackend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{tensor, to_vec};
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+fn scalar<B: ArBackend>(t: Tensor<B, 1>) -> f32 {
     to_vec(t)[0]
 }
 
-fn matches_hand_computed_values<B: Backend>(device: &B::Device) {
+fn matches_hand_computed_values<B: ArBackend>(device: &B::Device) {
     // Token 1: cos((1,0),(1,1)) = 1/√2. Token 2: parallel, cos 1. Token 3: opposite, cos −1.
     let pred = tensor::<B, 3>(vec![1.0, 0.0, 0.0, 2.0, 3.0, 1.0], [1, 3, 2], device);
     let target = tensor::<B, 3>(vec![1.0, 1.0, 0.0, 5.0, -6.0, -2.0], [1, 3, 2], device);
@@ -42,14 +43,14 @@ fn matches_hand_computed_values<B: Backend>(device: &B::Device) {
     assert!((with_mse - expected).abs() < 1e-5, "{with_mse} vs {expected}");
 }
 
-fn zero_vectors_give_loss_one<B: Backend>(device: &B::Device) {
+fn zero_vectors_give_loss_one<B: ArBackend>(device: &B::Device) {
     let zero = tensor::<B, 3>(vec![0.0; 4], [1, 2, 2], device);
     let other = tensor::<B, 3>(vec![1.0, 2.0, 0.0, 0.0], [1, 2, 2], device);
     let loss = scalar(cosine_loss(zero, other, None).unwrap());
     assert!((loss - 1.0).abs() < 1e-6, "{loss}");
 }
 
-fn bad_input_is_an_error<B: Backend>(device: &B::Device) {
+fn bad_input_is_an_error<B: ArBackend>(device: &B::Device) {
     let a = tensor::<B, 3>(vec![0.0; 6], [1, 3, 2], device);
     let b = tensor::<B, 3>(vec![0.0; 6], [1, 2, 3], device);
     assert!(matches!(
@@ -71,7 +72,7 @@ fn bad_input_is_an_error<B: Backend>(device: &B::Device) {
     ));
 }
 
-fn gradients_are_right_and_finite<B: AutodiffBackend>(device: &B::Device) {
+fn gradients_are_right_and_finite<B: ArAutodiffBackend>(device: &B::Device) {
     // d/dp (1 − cos(p, t)) at p = (1, 0), t = (0, 1): −(t/(|p||t|) − cos · p/|p|²) = (0, −1).
     let p = tensor::<B, 3>(vec![1.0, 0.0], [1, 1, 2], device).require_grad();
     let t = tensor::<B, 3>(vec![0.0, 1.0], [1, 1, 2], device);
@@ -87,7 +88,7 @@ fn gradients_are_right_and_finite<B: AutodiffBackend>(device: &B::Device) {
     assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
 }
 
-fn categorical_terms_match_hand_computed_values<B: Backend>(device: &B::Device) {
+fn categorical_terms_match_hand_computed_values<B: ArBackend>(device: &B::Device) {
     // 3 codes in 2-D; one token whose truth is code 2 and whose backbone chose code 0.
     let book = Codebook::new(
         tensor::<B, 2>(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2], device),

@@ -2,8 +2,9 @@
 
 mod common;
 
+use ar_refine::ArBackend;
 use ar_refine::{nearest_codes, Codebook, Error, Metric};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use common::{tensor, uniform_vec, widen, SplitMix64};
 
 /// Tie-aware check of every query against brute force.
@@ -19,11 +20,11 @@ fn check(queries: &[f32], codes: &[f32], d: usize, metric: Metric, got: &[i64]) 
     )
 }
 
-fn ids<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
+fn ids<B: ArBackend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }
 
-fn agrees_on_random_shapes<B: Backend>(device: &B::Device) {
+fn agrees_on_random_shapes<B: ArBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(1);
     let mut flips = 0;
     let shapes = [
@@ -61,7 +62,7 @@ fn agrees_on_random_shapes<B: Backend>(device: &B::Device) {
     println!("near-tie flips accepted: {flips}");
 }
 
-fn batch_dims_are_kept<B: Backend>(device: &B::Device) {
+fn batch_dims_are_kept<B: ArBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(2);
     let (b, n, k, d) = (3, 5, 11, 6);
     let q = uniform_vec(&mut rng, b * n * d);
@@ -74,7 +75,7 @@ fn batch_dims_are_kept<B: Backend>(device: &B::Device) {
     check(&q, &c, d, Metric::SquaredL2, &ids(got));
 }
 
-fn planted_ties_give_lowest_index<B: Backend>(device: &B::Device) {
+fn planted_ties_give_lowest_index<B: ArBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(3);
     for metric in [Metric::SquaredL2, Metric::Cosine] {
         let (k, d) = (40, 8);
@@ -112,7 +113,7 @@ fn planted_ties_give_lowest_index<B: Backend>(device: &B::Device) {
     assert_eq!(got, vec![1]);
 }
 
-fn non_finite_input_is_an_error<B: Backend>(device: &B::Device) {
+fn non_finite_input_is_an_error<B: ArBackend>(device: &B::Device) {
     let c = tensor::<B, 2>(vec![0.0, 1.0, 1.0, 0.0], [2, 2], device);
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let q = tensor::<B, 3>(vec![0.5, bad, 0.1, 0.2], [1, 2, 2], device);
@@ -124,7 +125,7 @@ fn non_finite_input_is_an_error<B: Backend>(device: &B::Device) {
     }
 }
 
-fn wrong_shapes_are_errors<B: Backend>(device: &B::Device) {
+fn wrong_shapes_are_errors<B: ArBackend>(device: &B::Device) {
     let c = tensor::<B, 2>(vec![0.0; 8], [2, 4], device);
     let q = tensor::<B, 3>(vec![0.0; 6], [1, 2, 3], device);
     let err = nearest_codes(q, c, Metric::SquaredL2, None).unwrap_err();
@@ -137,7 +138,7 @@ fn wrong_shapes_are_errors<B: Backend>(device: &B::Device) {
     ));
 }
 
-fn embed_checks_ids<B: Backend>(device: &B::Device) {
+fn embed_checks_ids<B: ArBackend>(device: &B::Device) {
     let book = Codebook::new(
         tensor::<B, 2>(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [3, 2], device),
         Metric::SquaredL2,

@@ -4,17 +4,18 @@ mod common;
 #[path = "../examples/custom_backbone/models.rs"]
 mod models;
 
+use ar_refine::ArBackend;
 use ar_refine::{
     ArBackbone, Error, ForwardOutput, Refiner, Result, Sampling, SelfRefinement, TokenGrid, Tokenizer,
     TransformerRefinerConfig,
 };
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use common::{tensor, to_vec, uniform_vec, SplitMix64};
 use models::{PatchTokenizer, TinyCausalLm, SPECIALS};
 
 const SIZE: usize = 16;
 
-fn images<B: Backend>(rng: &mut SplitMix64, b: usize, device: &B::Device) -> Tensor<B, 4> {
+fn images<B: ArBackend>(rng: &mut SplitMix64, b: usize, device: &B::Device) -> Tensor<B, 4> {
     let v: Vec<f32> = uniform_vec(rng, b * 3 * SIZE * SIZE)
         .iter()
         .map(|x| 0.5 + 0.5 * x)
@@ -22,7 +23,7 @@ fn images<B: Backend>(rng: &mut SplitMix64, b: usize, device: &B::Device) -> Ten
     tensor::<B, 4>(v, [b, 3, SIZE, SIZE], device)
 }
 
-fn parts<B: Backend>(
+fn parts<B: ArBackend>(
     device: &B::Device,
 ) -> (
     PatchTokenizer<B>,
@@ -42,11 +43,11 @@ fn parts<B: Backend>(
     (tok, lm, refiner)
 }
 
-fn ids<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
+fn ids<B: ArBackend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }
 
-fn runs_end_to_end<B: Backend>(device: &B::Device) {
+fn runs_end_to_end<B: ArBackend>(device: &B::Device) {
     let (tok, lm, refiner) = parts::<B>(device);
     let n = tok.grid().len();
     let mut rng = SplitMix64::new(7);
@@ -75,7 +76,7 @@ fn runs_end_to_end<B: Backend>(device: &B::Device) {
     assert_eq!(to_vec(out.generated_images), to_vec(out.refined_images));
 }
 
-fn sampling_is_seeded<B: Backend>(device: &B::Device) {
+fn sampling_is_seeded<B: ArBackend>(device: &B::Device) {
     let (tok, lm, refiner) = parts::<B>(device);
     let mut rng = SplitMix64::new(8);
     let prompt = SelfRefinement::new(&lm, &tok, &refiner)
@@ -95,9 +96,9 @@ fn sampling_is_seeded<B: Backend>(device: &B::Device) {
 }
 
 /// A backbone whose `generate` breaks the contract by emitting a special token.
-struct EmitsSpecials<'a, B: Backend>(&'a TinyCausalLm<B>);
+struct EmitsSpecials<'a, B: ArBackend>(&'a TinyCausalLm<B>);
 
-impl<B: Backend> ArBackbone<B> for EmitsSpecials<'_, B> {
+impl<B: ArBackend> ArBackbone<B> for EmitsSpecials<'_, B> {
     fn vocab_size(&self) -> usize {
         self.0.vocab_size()
     }
@@ -115,7 +116,7 @@ impl<B: Backend> ArBackbone<B> for EmitsSpecials<'_, B> {
     }
 }
 
-fn bad_input_is_an_error<B: Backend>(device: &B::Device) {
+fn bad_input_is_an_error<B: ArBackend>(device: &B::Device) {
     let (tok, lm, refiner) = parts::<B>(device);
     let mut rng = SplitMix64::new(9);
     let pipeline = SelfRefinement::new(&lm, &tok, &refiner).unwrap();
@@ -158,11 +159,11 @@ fn bad_input_is_an_error<B: Backend>(device: &B::Device) {
     assert!(matches!(p.run_tokens(prompt), Err(Error::Config(_))));
 }
 
-fn a_trained_refiner_changes_tokens<B: Backend>(device: &B::Device) {
+fn a_trained_refiner_changes_tokens<B: ArBackend>(device: &B::Device) {
     // A refiner that maps every embedding to code 0's vector must yield code 0 everywhere
     // (or an identical duplicate at a lower id): the refine → nearest path is wired up.
-    struct ToFirstCode<B: Backend>(Tensor<B, 1>);
-    impl<B: Backend> Refiner<B> for ToFirstCode<B> {
+    struct ToFirstCode<B: ArBackend>(Tensor<B, 1>);
+    impl<B: ArBackend> Refiner<B> for ToFirstCode<B> {
         fn refine_embeddings(&self, e: Tensor<B, 3>, _: TokenGrid) -> Result<Tensor<B, 3>> {
             let [b, n, d] = e.dims();
             Ok(self.0.clone().reshape([1, 1, d]).expand([b, n, d]))

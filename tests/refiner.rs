@@ -11,9 +11,9 @@ use ar_refine::{
     cosine_loss, Codebook, Confidence, Error, Metric, PositionEncoding, PromptContext, RefineInput,
     RefinementLoss, Refiner, TokenGrid, TransformerRefiner, TransformerRefinerConfig,
 };
+use ar_refine::{ArAutodiffBackend, ArBackend};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{fixture_vqgan, tensor, to_vec, uniform_vec, SplitMix64};
 
@@ -28,11 +28,11 @@ fn config(d: usize, position: PositionEncoding) -> TransformerRefinerConfig {
         .with_max_grid(8)
 }
 
-fn ids<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
+fn ids<B: ArBackend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
     t.into_data().iter::<i64>().collect()
 }
 
-fn random_codes<B: Backend>(
+fn random_codes<B: ArBackend>(
     rng: &mut SplitMix64,
     b: usize,
     n: usize,
@@ -44,7 +44,7 @@ fn random_codes<B: Backend>(
 }
 
 /// A full input for `codes` `[b, n]` on `grid`: two prompt images, confidence, hidden states.
-fn full_input<B: Backend>(
+fn full_input<B: ArBackend>(
     rng: &mut SplitMix64,
     book: &Codebook<B>,
     codes: Tensor<B, 2, Int>,
@@ -90,7 +90,7 @@ fn rules(cfg: &TransformerRefinerConfig) -> Vec<Decision> {
     r
 }
 
-fn identity_at_init<B: Backend>(device: &B::Device) {
+fn identity_at_init<B: ArBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(4);
     let grid = TokenGrid::new(3, 4);
     // a random codebook and the fixture VQGAN's trained one
@@ -137,7 +137,7 @@ fn identity_at_init<B: Backend>(device: &B::Device) {
     }
 }
 
-fn changes_after_one_step<B: AutodiffBackend>(device: &B::Device) {
+fn changes_after_one_step<B: ArAutodiffBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(5);
     let grid = TokenGrid::new(4, 4);
     for position in [PositionEncoding::Learned, PositionEncoding::Sinusoidal] {
@@ -173,7 +173,7 @@ fn changes_after_one_step<B: AutodiffBackend>(device: &B::Device) {
 
 /// A corrector with every input and both categorical heads, trained `steps` steps towards
 /// random truths with `loss`: returns it and the last loss.
-fn trained<B: AutodiffBackend>(
+fn trained<B: ArAutodiffBackend>(
     rng: &mut SplitMix64,
     book: &Codebook<B>,
     head: CodeHead,
@@ -205,7 +205,7 @@ fn trained<B: AutodiffBackend>(
     (refiner, input, truth)
 }
 
-fn finite_gradients_for_every_loss<B: AutodiffBackend>(device: &B::Device) {
+fn finite_gradients_for_every_loss<B: ArAutodiffBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(9);
     let book = Codebook::new(
         tensor::<B, 2>(uniform_vec(&mut rng, 24 * 6), [24, 6], device),
@@ -284,17 +284,17 @@ fn finite_gradients_for_every_loss<B: AutodiffBackend>(device: &B::Device) {
 }
 
 /// Backpropagates `loss` into `refiner`: (every gradient finite, Σ |g|).
-fn gradient_norm<B: AutodiffBackend>(refiner: &TransformerRefiner<B>, loss: Tensor<B, 1>) -> (bool, f64) {
+fn gradient_norm<B: ArAutodiffBackend>(refiner: &TransformerRefiner<B>, loss: Tensor<B, 1>) -> (bool, f64) {
     let grads = GradientsParams::from_grads(loss.backward(), refiner);
     let mut total = 0.0f64;
     let mut finite = true;
-    struct Norms<'a, B: AutodiffBackend>(
+    struct Norms<'a, B: ArAutodiffBackend>(
         &'a GradientsParams,
         &'a mut f64,
         &'a mut bool,
         std::marker::PhantomData<B>,
     );
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Norms<'_, B> {
+    impl<B: ArAutodiffBackend> burn::module::ModuleVisitor<B> for Norms<'_, B> {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
             if let Some(g) = self.0.get::<B::InnerBackend, D>(p.id) {
                 for v in g.into_data().iter::<f32>() {
@@ -311,7 +311,7 @@ fn gradient_norm<B: AutodiffBackend>(refiner: &TransformerRefiner<B>, loss: Tens
     (finite, total)
 }
 
-fn gate_at_threshold_one_returns_the_backbone<B: AutodiffBackend>(device: &B::Device) {
+fn gate_at_threshold_one_returns_the_backbone<B: ArAutodiffBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(11);
     let book = Codebook::new(
         tensor::<B, 2>(uniform_vec(&mut rng, 24 * 6), [24, 6], device),
@@ -379,7 +379,7 @@ fn gate_at_threshold_one_returns_the_backbone<B: AutodiffBackend>(device: &B::De
     }
 }
 
-fn rejects_bad_input<B: Backend>(device: &B::Device) {
+fn rejects_bad_input<B: ArBackend>(device: &B::Device) {
     let refiner = config(4, PositionEncoding::Learned).init::<B>(device).unwrap();
     let e = tensor::<B, 3>(vec![0.0; 16 * 4], [1, 16, 4], device);
     // n does not match the grid.
@@ -492,7 +492,7 @@ fn rejects_bad_input<B: Backend>(device: &B::Device) {
     ));
 }
 
-fn files_round_trip<B: Backend>(device: &B::Device) {
+fn files_round_trip<B: ArBackend>(device: &B::Device) {
     let mut rng = SplitMix64::new(12);
     let book = Codebook::new(
         tensor::<B, 2>(uniform_vec(&mut rng, 16 * 4), [16, 4], device),
@@ -565,7 +565,7 @@ fn files_round_trip<B: Backend>(device: &B::Device) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn config_round_trips_through_json<B: Backend>(_device: &B::Device) {
+fn config_round_trips_through_json<B: ArBackend>(_device: &B::Device) {
     let mut cfg = Preset::Corrector
         .config(64)
         .with_dropout(0.1)

@@ -4,12 +4,13 @@
 
 mod common;
 
+use ar_refine::ArBackend;
 use std::path::PathBuf;
 
 use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
 use ar_refine::tokenizer::{Layout, PixelRange, Vqgan, VqganConfig};
 use ar_refine::{Error, Tokenizer};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use common::to_vec;
 
 fn fixtures() -> PathBuf {
@@ -37,7 +38,7 @@ const MODELS: [(&str, &str, &str); 4] = [
     ("taming", "taming/model.ckpt", "taming"),
 ];
 
-fn matches_pytorch_reference<B: Backend>(device: &B::Device) {
+fn matches_pytorch_reference<B: ArBackend>(device: &B::Device) {
     let r = reference();
     for (label, ckpt, key) in MODELS {
         let vq = Vqgan::<B>::load(fixtures().join(ckpt), None, device).unwrap();
@@ -87,7 +88,7 @@ fn matches_pytorch_reference<B: Backend>(device: &B::Device) {
     }
 }
 
-fn layouts_round_trip<B: Backend>(device: &B::Device) {
+fn layouts_round_trip<B: ArBackend>(device: &B::Device) {
     let vq = Vqgan::<B>::load(fixtures().join("diffusers_attn"), None, device).unwrap();
     let r = reference();
     let images = r.tensor::<B, 4>("diffusers_attn.images", device).unwrap();
@@ -105,7 +106,7 @@ fn layouts_round_trip<B: Backend>(device: &B::Device) {
     }
 }
 
-fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
+fn bad_inputs_are_typed_errors<B: ArBackend>(device: &B::Device) {
     // A config that does not match the weights: every problem is listed.
     let mut cfg = VqganConfig::from_file(fixtures().join("open_muse")).unwrap();
     cfg.num_res_blocks = 3;
@@ -184,7 +185,7 @@ fn bad_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     assert!(c.validate().is_err());
 }
 
-fn chunked_batches_equal_one_pass<B: Backend>(device: &B::Device) {
+fn chunked_batches_equal_one_pass<B: ArBackend>(device: &B::Device) {
     let vq = Vqgan::<B>::load(fixtures().join("open_muse/pytorch_model.bin"), None, device).unwrap();
     let images = Tensor::<B, 4>::random(
         [5, 3, 64, 64],

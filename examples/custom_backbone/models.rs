@@ -1,6 +1,7 @@
 //! A user's own tiny tokenizer and autoregressive model, plugged into ar-refine through its
 //! traits. Shared by `examples/custom_backbone` and the integration tests.
 
+use ar_refine::ArBackend;
 use ar_refine::{ArBackbone, Codebook, ForwardOutput, Metric, Result, TokenGrid, Tokenizer};
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
@@ -9,13 +10,13 @@ use burn::prelude::*;
 
 /// Splits a square image into `patch × patch` RGB patches and quantizes each to the nearest of
 /// `K` patch vectors (codes of dimension `3 * patch²`). Decoding pastes the code patches back.
-pub struct PatchTokenizer<B: Backend> {
+pub struct PatchTokenizer<B: ArBackend> {
     pub book: Codebook<B>,
     pub size: usize,
     pub patch: usize,
 }
 
-impl<B: Backend> PatchTokenizer<B> {
+impl<B: ArBackend> PatchTokenizer<B> {
     /// Builds the codebook with a few rounds of k-means over the patches of `images`
     /// `[b, 3, size, size]`, starting from evenly spaced patches.
     pub fn fit(images: Tensor<B, 4>, patch: usize, codes: usize, rounds: usize) -> Result<Self> {
@@ -47,7 +48,7 @@ impl<B: Backend> PatchTokenizer<B> {
 /// `[b, 3, S, S]` in `[0, 1]` → `[b, (S/p)², 3p²]` centred on 0 (pixel − 0.5), patches in
 /// raster order. Centring keeps the codes spread in direction, which a cosine-trained refiner
 /// needs (all-positive patch vectors would all be nearly parallel).
-pub fn to_patches<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
+pub fn to_patches<B: ArBackend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
     let [b, c, h, w] = images.dims();
     let (gh, gw) = (h / p, w / p);
     images
@@ -57,7 +58,7 @@ pub fn to_patches<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
         .reshape([b, gh * gw, c * p * p])
 }
 
-impl<B: Backend> Tokenizer<B> for PatchTokenizer<B> {
+impl<B: ArBackend> Tokenizer<B> for PatchTokenizer<B> {
     fn image_size(&self) -> (usize, usize) {
         (self.size, self.size)
     }
@@ -87,7 +88,7 @@ pub const SPECIALS: usize = 4;
 
 /// A small causal transformer language model over image tokens.
 #[derive(Module, Debug)]
-pub struct TinyCausalLm<B: Backend> {
+pub struct TinyCausalLm<B: ArBackend> {
     tokens: Embedding<B>,
     positions: Embedding<B>,
     encoder: TransformerEncoder<B>,
@@ -96,7 +97,7 @@ pub struct TinyCausalLm<B: Backend> {
     context: usize,
 }
 
-impl<B: Backend> TinyCausalLm<B> {
+impl<B: ArBackend> TinyCausalLm<B> {
     pub fn new(codes: usize, context: usize, d_model: usize, layers: usize, device: &B::Device) -> Self {
         let vocab = codes + SPECIALS;
         let small = burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 };
@@ -130,7 +131,7 @@ impl<B: Backend> TinyCausalLm<B> {
     }
 }
 
-impl<B: Backend> ArBackbone<B> for TinyCausalLm<B> {
+impl<B: ArBackend> ArBackbone<B> for TinyCausalLm<B> {
     fn vocab_size(&self) -> usize {
         self.vocab
     }

@@ -1,6 +1,7 @@
 //! Generation for any [`ArBackbone`] through repeated teacher-forced passes.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 
 use super::sampling::{sample_row, Sampling};
 use crate::checks::{ensure_ids_in, expect_non_empty, int_tensor, read_f32, read_i64};
@@ -9,7 +10,7 @@ use crate::rng::SplitMix64;
 use crate::traits::ArBackbone;
 
 /// Checks a prompt and the model's vocabulary facts before generation.
-pub(crate) fn validate_prompt<B: Backend, M: ArBackbone<B> + ?Sized>(
+pub(crate) fn validate_prompt<B: ArBackend, M: ArBackbone<B> + ?Sized>(
     model: &M,
     prompt: &Tensor<B, 2, Int>,
     sampling: &Sampling,
@@ -33,7 +34,7 @@ pub(crate) fn validate_prompt<B: Backend, M: ArBackbone<B> + ?Sized>(
 /// token and samples from the last position's logits on the host.
 ///
 /// Prompt `[b, p]` → new ids `[b, n_new]`. The window keeps the last `context_len` tokens.
-pub fn generate_by_forward<B: Backend, M: ArBackbone<B> + ?Sized>(
+pub fn generate_by_forward<B: ArBackend, M: ArBackbone<B> + ?Sized>(
     model: &M,
     prompt: Tensor<B, 2, Int>,
     n_new: usize,

@@ -7,6 +7,8 @@ mod sampling;
 mod score;
 
 pub use generate::generate_by_forward;
+#[cfg(feature = "cubecl")]
+pub(crate) use llama::{decoder_kernels, DecoderKernels};
 pub use llama::{
     linear_t, lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama,
     LlamaConfig, LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback, MAX_NEW_TOKENS,

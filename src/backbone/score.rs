@@ -1,7 +1,8 @@
 //! What a backbone believed about an answer: one teacher-forced pass over prompt + answer gives,
 //! at every answer position, the distribution the backbone chose from.
 
-use burn::tensor::{activation, backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{activation, Int, Tensor};
 
 use crate::checks::{ensure_ids_in, expect_non_empty};
 use crate::error::{Error, Result};
@@ -9,7 +10,7 @@ use crate::traits::ArBackbone;
 
 /// Per-token scores of an answer under the backbone (see [`score_answers`]).
 #[derive(Clone, Debug)]
-pub struct AnswerScores<B: Backend> {
+pub struct AnswerScores<B: ArBackend> {
     /// `log p(answer token)` under the softmax over the image codes at temperature 1 `[b, n]`.
     pub log_prob: Tensor<B, 2>,
     /// Entropy of that distribution in nats `[b, n]`.
@@ -28,7 +29,7 @@ pub struct AnswerScores<B: Backend> {
 /// longer sequence keeps its last `context_len` tokens, which generation with a sliding window
 /// does not see all at once). Scores are over the image codes only, at temperature 1, whatever
 /// the sampling settings were.
-pub fn score_answers<B: Backend, M: ArBackbone<B> + ?Sized>(
+pub fn score_answers<B: ArBackend, M: ArBackbone<B> + ?Sized>(
     backbone: &M,
     prompt: Tensor<B, 2, Int>,
     answer: Tensor<B, 2, Int>,
@@ -102,7 +103,7 @@ pub fn score_answers<B: Backend, M: ArBackbone<B> + ?Sized>(
 
 /// From image-code logits `[b, n, K]` and the chosen codes `[b, n]`: the log-probability of each
 /// chosen code `[b, n]`, the entropy `[b, n]` and the `top_k` codes `[b, n, top_k]`.
-pub(crate) fn token_scores<B: Backend>(
+pub(crate) fn token_scores<B: ArBackend>(
     logits: Tensor<B, 3>,
     codes: Tensor<B, 2, Int>,
     top_k: usize,

@@ -1,9 +1,10 @@
 //! [`ImageSet`]: square RGB8 images held on the host, from the shared Tiny-ImageNet files, image
 //! folders or generated in code.
 
+use crate::ArBackend;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use image::imageops::FilterType;
 use image::RgbImage;
 
@@ -200,7 +201,7 @@ impl ImageSet {
     }
 
     /// Images `indices` as a tensor `[b, 3, size, size]` in `[0, 1]`.
-    pub fn batch<B: Backend>(&self, indices: &[usize], device: &B::Device) -> Result<Tensor<B, 4>> {
+    pub fn batch<B: ArBackend>(&self, indices: &[usize], device: &B::Device) -> Result<Tensor<B, 4>> {
         let s = self.size;
         let mut v = vec![0f32; indices.len() * 3 * s * s];
         for (b, &i) in indices.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! Visual sentences for analogy prompting: `K` demonstration pairs and a query,
 //! `[x_1, y_1, …, x_K, y_K, x_q]`, with the query's output `y_q` as the target.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 use image::RgbImage;
 
 use super::images::ImageSet;
@@ -97,7 +98,7 @@ pub struct TokenSentence {
 
 /// Encodes every image of `sentences` with `tokenizer`, `batch` images per pass. Images are
 /// resized to the tokenizer's size when they differ.
-pub fn tokenize_sentences<B: Backend>(
+pub fn tokenize_sentences<B: ArBackend>(
     tokenizer: &dyn Tokenizer<B>,
     sentences: &[Sentence],
     batch: usize,
@@ -138,7 +139,7 @@ pub fn tokenize_sentences<B: Backend>(
 }
 
 /// The prompts of `sentences` as backbone vocabulary ids `[b, (2K + 1)·n]` (code + `offset`).
-pub fn prompt_tensor<B: Backend>(
+pub fn prompt_tensor<B: ArBackend>(
     sentences: &[TokenSentence],
     offset: i64,
     device: &B::Device,

@@ -1,9 +1,10 @@
 //! The codebook object: code vectors plus the derived tensors that nearest-code search needs,
 //! computed once.
 
+use crate::ArBackend;
 #[cfg(feature = "cubecl")]
 use burn::tensor::DType;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims, expect_non_empty};
@@ -88,7 +89,7 @@ pub(crate) const NORM_EPS: f64 = 1e-12;
 /// assert_eq!(ids.into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 2]);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Codebook<B: Backend> {
+pub struct Codebook<B: ArBackend> {
     codes: Tensor<B, 2>,
     /// `[K, D]`: the codes (L2) or the unit-normalised codes (cosine).
     search: Tensor<B, 2>,
@@ -109,7 +110,7 @@ pub struct Codebook<B: Backend> {
 /// Default bound on the temporary distance block of the tensor-op search: 256 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
 
-impl<B: Backend> Codebook<B> {
+impl<B: ArBackend> Codebook<B> {
     /// Wraps `codes` `[K, D]`. Fails on an empty or non-finite codebook.
     pub fn new(codes: Tensor<B, 2>, metric: Metric) -> Result<Self> {
         let dims = codes.dims();

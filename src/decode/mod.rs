@@ -12,7 +12,8 @@ mod reference;
 
 pub use codebook::{Codebook, KernelPrecision, Metric, AUTO_MATRIX_UNITS_MIN_DIM, DEFAULT_MEMORY_BUDGET};
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 
 use crate::error::Result;
 
@@ -41,7 +42,7 @@ use crate::error::Result;
 /// let ids = nearest_codes(e, book, Metric::Cosine, None).unwrap();
 /// assert_eq!(ids.into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 0]);
 /// ```
-pub fn nearest_codes<B: Backend>(
+pub fn nearest_codes<B: ArBackend>(
     embeddings: Tensor<B, 3>,
     codebook: Tensor<B, 2>,
     metric: Metric,

@@ -1,7 +1,8 @@
 //! The tensor-op nearest-code search: `‖c‖² − 2e·c` (or the negated cosine) per chunk of
 //! queries, then the lowest index among the exact minima.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 
 use super::codebook::{Codebook, Metric, NORM_EPS};
 
@@ -14,7 +15,7 @@ pub(crate) fn chunk_rows(budget: usize, k: usize) -> usize {
 }
 
 /// `queries` `[N, D]` (already validated) → ids `[N]`.
-pub(crate) fn nearest_rows<B: Backend>(book: &Codebook<B>, queries: Tensor<B, 2>) -> Tensor<B, 1, Int> {
+pub(crate) fn nearest_rows<B: ArBackend>(book: &Codebook<B>, queries: Tensor<B, 2>) -> Tensor<B, 1, Int> {
     let [n, _] = queries.dims();
     let k = book.size();
     let device = queries.device();

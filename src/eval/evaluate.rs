@@ -1,10 +1,11 @@
 //! Side-by-side evaluation of refiners on the same cached backbone outputs: per-image metrics,
 //! paired deltas against the backbone with bootstrap intervals, several seeds per method.
 
+use crate::ArBackend;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +148,7 @@ impl Comparison {
 
 /// A method to evaluate: one trained refiner per seed, each with the rule that turns its output
 /// into codes (`None`: argmax with code logits, else snap).
-pub struct Method<'a, B: Backend> {
+pub struct Method<'a, B: ArBackend> {
     /// Name in tables.
     pub name: String,
     /// `(refiner, rule)` per seed (at least one).
@@ -157,7 +158,7 @@ pub struct Method<'a, B: Backend> {
 }
 
 /// Settings of [`compare`].
-pub struct CompareOptions<'a, B: Backend> {
+pub struct CompareOptions<'a, B: ArBackend> {
     /// Pairs per batch.
     pub batch: usize,
     /// Samples whose decoded images are returned for a grid.
@@ -170,7 +171,7 @@ pub struct CompareOptions<'a, B: Backend> {
     pub hidden: Option<&'a dyn HiddenSource<B>>,
 }
 
-impl<B: Backend> Default for CompareOptions<'_, B> {
+impl<B: ArBackend> Default for CompareOptions<'_, B> {
     fn default() -> Self {
         Self {
             batch: 16,
@@ -184,7 +185,7 @@ impl<B: Backend> Default for CompareOptions<'_, B> {
 
 /// Decoded images of the first samples, for a comparison grid: `[m, 3, H, W]` each.
 #[derive(Clone, Debug)]
-pub struct EvalImages<B: Backend> {
+pub struct EvalImages<B: ArBackend> {
     /// Backbone outputs.
     pub backbone: Tensor<B, 4>,
     /// Each method's outputs (its first seed), in the order of the methods.
@@ -226,7 +227,7 @@ impl PerImage {
 }
 
 /// What every set of codes in a batch is compared with.
-struct Refs<B: Backend> {
+struct Refs<B: ArBackend> {
     truth_ids: Vec<i64>,
     e_truth: Tensor<B, 3>,
     reference: Tensor<B, 4>,
@@ -239,7 +240,7 @@ struct Refs<B: Backend> {
 /// per-position cosine-distance curve, and what each method changed. Per-image differences
 /// against the backbone are averaged over a method's seeds and given with a 95 % bootstrap
 /// interval over the images. The first `opts.keep` samples' decoded images are returned.
-pub fn compare<B: Backend>(
+pub fn compare<B: ArBackend>(
     tokenizer: &dyn Tokenizer<B>,
     pairs: &Pairs,
     targets: Option<&[RgbImage]>,
@@ -459,7 +460,7 @@ pub fn compare<B: Backend>(
 /// Scores one batch of codes `ids` (host copy `ids_host`) against `refs` into `acc`; `own` are
 /// the backbone's codes (for the change counts). Returns the decoded images.
 #[allow(clippy::too_many_arguments)]
-fn score<B: Backend>(
+fn score<B: ArBackend>(
     tokenizer: &dyn Tokenizer<B>,
     acc: &mut PerImage,
     ids: Tensor<B, 2, Int>,
@@ -502,7 +503,7 @@ fn score<B: Backend>(
 }
 
 /// Whether the truth is among the 5 largest logits, per position, as 0/1 in row-major order.
-fn top5_hits<B: Backend>(logits: Tensor<B, 3>, truth: &Tensor<B, 2, Int>) -> Result<Vec<f64>> {
+fn top5_hits<B: ArBackend>(logits: Tensor<B, 3>, truth: &Tensor<B, 2, Int>) -> Result<Vec<f64>> {
     let k = logits.dims()[2].min(5);
     let (_, top) = logits.topk_with_indices(k, 2);
     let top = read_i64(top)?;
@@ -515,7 +516,7 @@ fn top5_hits<B: Backend>(logits: Tensor<B, 3>, truth: &Tensor<B, 2, Int>) -> Res
 }
 
 /// The reference images of pairs `idx` `[b, 3, h, w]`, resized when needed.
-fn reference_images<B: Backend>(
+fn reference_images<B: ArBackend>(
     t: &[RgbImage],
     idx: &[usize],
     h: usize,
@@ -593,7 +594,7 @@ fn std_metrics(ms: &[Metrics]) -> Metrics {
 }
 
 /// `1 − cos(a, b)` per token: `[b, n, D]` × 2 → `[b, n]`.
-fn cosine_distance<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 2> {
+fn cosine_distance<B: ArBackend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 2> {
     let norm = |x: Tensor<B, 3>| x.powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-8);
     let dot = (a.clone() * b.clone()).sum_dim(2);
     let cos = dot / (norm(a) * norm(b));

@@ -1,6 +1,7 @@
 //! Image and token metrics.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 
 use crate::checks::{read_f32, read_i64};
 use crate::error::{Error, Result};
@@ -17,13 +18,13 @@ use crate::error::{Error, Result};
 /// let b = a.clone().add_scalar(0.1);
 /// assert!((psnr(a, b).unwrap() - 20.0).abs() < 1e-4);
 /// ```
-pub fn psnr<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
+pub fn psnr<B: ArBackend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
     let per = psnr_per_image(a, b)?;
     Ok(per.iter().sum::<f64>() / per.len().max(1) as f64)
 }
 
 /// [`psnr`] of every image of the batch `[b]`.
-pub fn psnr_per_image<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
+pub fn psnr_per_image<B: ArBackend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
     if a.dims() != b.dims() {
         return Err(Error::shape(
             "psnr second image",
@@ -46,7 +47,7 @@ pub fn psnr_per_image<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Ve
 }
 
 /// Fraction of equal ids between `a` and `b` (same shape).
-pub fn token_accuracy<B: Backend>(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> Result<f64> {
+pub fn token_accuracy<B: ArBackend>(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> Result<f64> {
     if a.dims() != b.dims() {
         return Err(Error::shape(
             "token_accuracy second ids",

@@ -1,9 +1,10 @@
 //! Reports: JSON, Markdown tables, a comparison grid and SVG plots (per-position error,
 //! accuracy against edit rate).
 
+use crate::ArBackend;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ pub struct ReportFiles {
 /// Writes `reports` (e.g. one per K) to `dir`: JSON, Markdown, and for the first report the
 /// comparison grid (with `queries`, the query input images of the kept samples) and the plots.
 /// All files are written atomically.
-pub fn write_report<B: Backend>(
+pub fn write_report<B: ArBackend>(
     dir: impl AsRef<Path>,
     reports: &[EvalReport],
     images: &EvalImages<B>,

@@ -1,6 +1,7 @@
 //! Structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004).
 
-use burn::tensor::{backend::Backend, Tensor};
+use crate::ArBackend;
+use burn::tensor::Tensor;
 
 use crate::checks::read_f32;
 use crate::error::{Error, Result};
@@ -22,13 +23,13 @@ const RADIUS: usize = 5; // 11×11 window: scipy's gaussian_filter with truncate
 /// let a = Tensor::<NdArray, 4>::random([1, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &Default::default());
 /// assert!((ssim(a.clone(), a).unwrap() - 1.0).abs() < 1e-6);
 /// ```
-pub fn ssim<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
+pub fn ssim<B: ArBackend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<f64> {
     let per = ssim_per_image(a, b)?;
     Ok(per.iter().sum::<f64>() / per.len().max(1) as f64)
 }
 
 /// [`ssim`] of every image of the batch `[b]` (mean over its channels).
-pub fn ssim_per_image<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
+pub fn ssim_per_image<B: ArBackend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Result<Vec<f64>> {
     if a.dims() != b.dims() {
         return Err(Error::shape(
             "ssim second image",

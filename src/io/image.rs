@@ -1,8 +1,9 @@
 //! Images ↔ tensors, and atomic image writes.
 
+use crate::ArBackend;
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use image::{imageops::FilterType, RgbImage};
 
 use crate::checks::{expect_dims, read_f32};
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 
 /// Converts an RGB image to a tensor `[3, H, W]` with values in `[0, 1]`.
-pub fn rgb_to_tensor<B: Backend>(img: &RgbImage, device: &B::Device) -> Tensor<B, 3> {
+pub fn rgb_to_tensor<B: ArBackend>(img: &RgbImage, device: &B::Device) -> Tensor<B, 3> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.as_raw();
     let mut v = vec![0f32; 3 * h * w];
@@ -23,7 +24,7 @@ pub fn rgb_to_tensor<B: Backend>(img: &RgbImage, device: &B::Device) -> Tensor<B
 }
 
 /// Converts a tensor `[3, H, W]` (values clamped to `[0, 1]`) to an RGB image.
-pub fn tensor_to_rgb<B: Backend>(t: Tensor<B, 3>) -> Result<RgbImage> {
+pub fn tensor_to_rgb<B: ArBackend>(t: Tensor<B, 3>) -> Result<RgbImage> {
     let dims = t.dims();
     expect_dims("image tensor", "[3, H, W]", &dims, &[Some(3), None, None])?;
     let [_, h, w] = dims;
@@ -47,7 +48,7 @@ pub fn tensor_to_rgb<B: Backend>(t: Tensor<B, 3>) -> Result<RgbImage> {
 /// let img = ar_refine::io::load_image::<NdArray>("cat.png", (64, 64), &Default::default()).unwrap();
 /// assert_eq!(img.dims(), [3, 64, 64]);
 /// ```
-pub fn load_image<B: Backend>(
+pub fn load_image<B: ArBackend>(
     path: impl AsRef<Path>,
     size: (usize, usize),
     device: &B::Device,
@@ -72,13 +73,13 @@ pub fn load_image<B: Backend>(
 /// Saves `[3, H, W]` (values in `[0, 1]`) as an image whose format follows the extension
 /// (`.png` or `.jpg`). The file is written to a temporary sibling and renamed into place, so an
 /// existing file is never left half-written.
-pub fn save_image<B: Backend>(t: Tensor<B, 3>, path: impl AsRef<Path>) -> Result<()> {
+pub fn save_image<B: ArBackend>(t: Tensor<B, 3>, path: impl AsRef<Path>) -> Result<()> {
     save_rgb(&tensor_to_rgb(t)?, path.as_ref())
 }
 
 /// Saves images `[3, H, W]` (all the same size) as one grid image with `cols` columns,
 /// separated by a 2-pixel white border; written atomically like [`save_image`].
-pub fn save_image_grid<B: Backend>(
+pub fn save_image_grid<B: ArBackend>(
     images: Vec<Tensor<B, 3>>,
     cols: usize,
     path: impl AsRef<Path>,

@@ -2,8 +2,9 @@
 //! field path joined by dots (`blocks.0.attn.query.weight`), so files are readable by any
 //! safetensors tool and independent of Burn's record format.
 
+use crate::ArBackend;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::safetensors::KeyReport;
 use super::source::TensorSource;
@@ -19,7 +20,7 @@ struct Collect {
     error: Option<Error>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect {
+impl<B: ArBackend> ModuleVisitor<B> for Collect {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -46,7 +47,7 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
 }
 
 /// Every float parameter of `module` as `(path, shape, values)`, in visiting order.
-pub fn module_tensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<NamedTensor>> {
+pub fn module_tensors<B: ArBackend, M: Module<B>>(module: &M) -> Result<Vec<NamedTensor>> {
     let mut c = Collect {
         path: Vec::new(),
         out: Vec::new(),
@@ -59,13 +60,13 @@ pub fn module_tensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<NamedT
     }
 }
 
-struct Load<'a, B: Backend> {
+struct Load<'a, B: ArBackend> {
     path: Vec<String>,
     report: KeyReport<'a>,
     device: B::Device,
 }
 
-impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
+impl<B: ArBackend> ModuleMapper<B> for Load<'_, B> {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -89,7 +90,7 @@ impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
 /// `module` with every float parameter read from `source` by its path (the names
 /// [`module_tensors`] writes). The shapes must match; missing, unexpected and mismatched tensors
 /// are one [`Error::Checkpoint`] naming them all.
-pub fn load_module_tensors<B: Backend, M: Module<B>>(
+pub fn load_module_tensors<B: ArBackend, M: Module<B>>(
     module: M,
     source: &dyn TensorSource,
     device: &B::Device,

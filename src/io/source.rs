@@ -1,8 +1,9 @@
 //! One interface over checkpoint formats, so that model loaders are written once.
 
+use crate::ArBackend;
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::pytorch::PytorchFile;
 use super::safetensors::SafetensorsFile;
@@ -25,7 +26,7 @@ pub trait TensorSource {
     }
 
     /// `key` as a rank-`D` tensor on `device`.
-    fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Result<Tensor<B, D>>
+    fn tensor<B: ArBackend, const D: usize>(&self, key: &str, device: &B::Device) -> Result<Tensor<B, D>>
     where
         Self: Sized,
     {

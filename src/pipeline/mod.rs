@@ -1,7 +1,8 @@
 //! The self-refinement pipeline: prompt → backbone → embeddings → refiner → nearest codes →
 //! images.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{Int, Tensor};
 
 use crate::backbone::{score_answers, Sampling};
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims};
@@ -12,7 +13,7 @@ use crate::traits::{ArBackbone, Confidence, PromptContext, RefineInput, RefineOu
 
 /// What one pipeline run returns: the backbone's output and the refined output side by side.
 #[derive(Clone, Debug)]
-pub struct RefinementOutput<B: Backend> {
+pub struct RefinementOutput<B: ArBackend> {
     /// Code ids the backbone generated `[b, n]` (codebook ids, `0..K`).
     pub generated_tokens: Tensor<B, 2, Int>,
     /// Code ids after refinement and the decision rule `[b, n]`.
@@ -43,7 +44,7 @@ pub struct RefinementOutput<B: Backend> {
 /// save_image(out.refined_images.slice([0..1]).squeeze(0), "refined.png")?;
 /// ```
 /// (A complete, runnable program: `examples/custom_backbone.rs`.)
-pub struct SelfRefinement<'m, B: Backend> {
+pub struct SelfRefinement<'m, B: ArBackend> {
     backbone: &'m dyn ArBackbone<B>,
     tokenizer: &'m dyn Tokenizer<B>,
     refiner: &'m dyn Refiner<B>,
@@ -53,7 +54,7 @@ pub struct SelfRefinement<'m, B: Backend> {
     snap: Codebook<B>,
 }
 
-impl<'m, B: Backend> SelfRefinement<'m, B> {
+impl<'m, B: ArBackend> SelfRefinement<'m, B> {
     /// Assembles the pipeline. Fails when the backbone's image-token range does not have
     /// exactly one id per code of the tokenizer's codebook.
     pub fn new(

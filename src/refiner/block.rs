@@ -1,13 +1,14 @@
 //! One bidirectional pre-norm transformer block.
 
+use crate::ArBackend;
 use burn::module::Module;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 
 /// `x + drop(attn(ln(x)))`, then `x + drop(mlp(ln(x)))`; no causal mask.
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+pub struct Block<B: ArBackend> {
     norm_attn: LayerNorm<B>,
     attn: MultiHeadAttention<B>,
     norm_mlp: LayerNorm<B>,
@@ -17,7 +18,7 @@ pub struct Block<B: Backend> {
     dropout: Dropout,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: ArBackend> Block<B> {
     pub(crate) fn new(d_model: usize, n_heads: usize, mlp: usize, dropout: f64, device: &B::Device) -> Self {
         Self {
             norm_attn: LayerNormConfig::new(d_model).init(device),

@@ -1,7 +1,8 @@
 //! Configuration of the built-in [`super::TransformerRefiner`].
 
+use crate::ArBackend;
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 
 use super::transformer::TransformerRefiner;
 use crate::decode::Codebook;
@@ -205,7 +206,7 @@ impl TransformerRefinerConfig {
     /// Builds a refiner without a categorical head on `device`; the output projection starts at
     /// zero, so the refiner is the identity until trained. A config with code logits is an
     /// [`Error::Config`] here: use [`init_with_codebook`](Self::init_with_codebook).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<TransformerRefiner<B>> {
+    pub fn init<B: ArBackend>(&self, device: &B::Device) -> Result<TransformerRefiner<B>> {
         self.validate()?;
         Ok(TransformerRefiner::new(self, None, device))
     }
@@ -213,7 +214,7 @@ impl TransformerRefinerConfig {
     /// Builds a refiner for `codebook` `[K, D]` (kept inside the refiner, frozen, for the
     /// categorical heads); sets `codebook_size` to `K`. Every decision rule returns the
     /// backbone's tokens until the refiner is trained.
-    pub fn init_with_codebook<B: Backend>(
+    pub fn init_with_codebook<B: ArBackend>(
         &self,
         codebook: &Codebook<B>,
         device: &B::Device,

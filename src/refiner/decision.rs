@@ -1,6 +1,7 @@
 //! Decision rules: how a refiner's output becomes code ids, and the calibration of the gate.
 
-use burn::tensor::{activation, backend::Backend, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{activation, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{expect_dims, read_f32, read_i64};
@@ -47,7 +48,7 @@ pub enum Decision {
 impl Decision {
     /// The natural rule for an output: [`Argmax`](Self::Argmax) with logits, else
     /// [`Snap`](Self::Snap).
-    pub fn natural<B: Backend>(output: &RefineOutput<B>) -> Self {
+    pub fn natural<B: ArBackend>(output: &RefineOutput<B>) -> Self {
         if output.logits.is_some() {
             Self::Argmax
         } else {
@@ -80,7 +81,7 @@ impl Decision {
     /// The code ids `[b, n]` this rule picks from `output`, given the backbone's codes `own`
     /// `[b, n]` and the codebook `[K, D]`. A rule that needs logits on an output without them
     /// is an [`Error::Config`].
-    pub fn decide<B: Backend>(
+    pub fn decide<B: ArBackend>(
         &self,
         output: &RefineOutput<B>,
         own: &Tensor<B, 2, Int>,
@@ -103,7 +104,7 @@ impl Decision {
     }
 }
 
-fn check_output<B: Backend>(
+fn check_output<B: ArBackend>(
     output: &RefineOutput<B>,
     own: &Tensor<B, 2, Int>,
     codebook: &Codebook<B>,
@@ -136,7 +137,7 @@ fn check_output<B: Backend>(
     Ok(())
 }
 
-fn logits<B: Backend>(output: &RefineOutput<B>, rule: &str) -> Result<Tensor<B, 3>> {
+fn logits<B: ArBackend>(output: &RefineOutput<B>, rule: &str) -> Result<Tensor<B, 3>> {
     output.logits.clone().ok_or_else(|| {
         Error::Config(format!(
             "decision rule {rule} needs code logits; this refiner returns embeddings only (use snap or gate)"
@@ -145,12 +146,12 @@ fn logits<B: Backend>(output: &RefineOutput<B>, rule: &str) -> Result<Tensor<B, 
 }
 
 /// `Σ_k p_k c_k`: `[b, n, K]` probabilities → `[b, n, D]`.
-fn expected<B: Backend>(p: Tensor<B, 3>, codebook: &Codebook<B>) -> Tensor<B, 3> {
+fn expected<B: ArBackend>(p: Tensor<B, 3>, codebook: &Codebook<B>) -> Tensor<B, 3> {
     p.matmul(codebook.codes().clone().unsqueeze_dim::<3>(0))
 }
 
 /// `cos(v, c_ids)` per token: `[b, n, D]`, ids `[b, n]` → `[b, n]`.
-fn cosine_to<B: Backend>(
+fn cosine_to<B: ArBackend>(
     v: &Tensor<B, 3>,
     ids: &Tensor<B, 2, Int>,
     codebook: &Codebook<B>,
@@ -162,7 +163,7 @@ fn cosine_to<B: Backend>(
 }
 
 /// The nearest code by cosine, the backbone's own code where it is as near.
-fn snap_keep<B: Backend>(
+fn snap_keep<B: ArBackend>(
     v: Tensor<B, 3>,
     own: &Tensor<B, 2, Int>,
     codebook: &Codebook<B>,
@@ -176,7 +177,7 @@ fn snap_keep<B: Backend>(
 }
 
 /// The argmax of `logits` `[b, n, K]`, the backbone's own code where it ties with the maximum.
-fn argmax_keep<B: Backend>(logits: Tensor<B, 3>, own: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+fn argmax_keep<B: ArBackend>(logits: Tensor<B, 3>, own: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
     let [b, n, _] = logits.dims();
     let best = logits.clone().argmax(2).reshape([b, n]);
     let own_logit = logits
@@ -190,7 +191,7 @@ fn argmax_keep<B: Backend>(logits: Tensor<B, 3>, own: &Tensor<B, 2, Int>) -> Ten
 /// What the gate looks at, per token: the refiner's proposal, its advantage over the backbone's
 /// code, and the probability that the backbone's code is wrong.
 #[derive(Clone, Debug)]
-pub struct GateScores<B: Backend> {
+pub struct GateScores<B: ArBackend> {
     /// The code the refiner prefers `[b, n]` (argmax, or the snap without logits).
     pub proposal: Tensor<B, 2, Int>,
     /// Its advantage over the backbone's code `[b, n]` (logits, or cosine), `>= 0`.
@@ -199,7 +200,7 @@ pub struct GateScores<B: Backend> {
     pub p_wrong: Tensor<B, 2>,
 }
 
-impl<B: Backend> GateScores<B> {
+impl<B: ArBackend> GateScores<B> {
     /// The gate's inputs for `output` and the backbone's codes `own` `[b, n]`.
     pub fn compute(
         output: &RefineOutput<B>,

@@ -2,7 +2,8 @@
 //! the categorical terms (cross-entropy over code logits, optionally with soft targets over the
 //! truth's nearest codes, and the critic's binary cross-entropy), in any weighted sum.
 
-use burn::tensor::{activation, backend::Backend, Bool, Int, Tensor};
+use crate::ArBackend;
+use burn::tensor::{activation, Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::expect_dims;
@@ -115,7 +116,7 @@ impl RefinementLoss {
     }
 
     /// The loss bound to `codebook` (the soft-target table is built here, once).
-    pub fn prepare<B: Backend>(&self, codebook: &Codebook<B>) -> Result<PreparedLoss<B>> {
+    pub fn prepare<B: ArBackend>(&self, codebook: &Codebook<B>) -> Result<PreparedLoss<B>> {
         self.validate()?;
         let soft = if self.cross_entropy > 0.0 && self.soft_neighbours >= 2 {
             Some(soft_targets(
@@ -136,7 +137,7 @@ impl RefinementLoss {
     /// The embedding terms (cosine and MSE) alone: `pred`, `target` `[b, n, D]`; `mask`
     /// `[b, n]` (`true`: the token counts). Returns the scalar loss `[1]`. A mask that keeps no
     /// token gives `0`.
-    pub fn forward<B: Backend>(
+    pub fn forward<B: ArBackend>(
         &self,
         pred: Tensor<B, 3>,
         target: Tensor<B, 3>,
@@ -201,7 +202,7 @@ impl RefinementLoss {
 /// let loss = cosine_loss(e.clone(), e.mul_scalar(3.0), None).unwrap();
 /// assert!(loss.into_scalar().abs() < 1e-6);
 /// ```
-pub fn cosine_loss<B: Backend>(
+pub fn cosine_loss<B: ArBackend>(
     pred: Tensor<B, 3>,
     target: Tensor<B, 3>,
     mask: Option<Tensor<B, 2, Bool>>,
@@ -211,7 +212,7 @@ pub fn cosine_loss<B: Backend>(
 
 /// For every code `t`: its `k` nearest codes by cosine (itself first) `[K, k]` and the weights
 /// `softmax(cos / temperature)` over them `[K, k]`.
-fn soft_targets<B: Backend>(
+fn soft_targets<B: ArBackend>(
     codebook: &Codebook<B>,
     k: usize,
     temperature: f64,
@@ -238,13 +239,13 @@ fn soft_targets<B: Backend>(
 
 /// A [`RefinementLoss`] bound to a codebook (see [`RefinementLoss::prepare`]).
 #[derive(Clone, Debug)]
-pub struct PreparedLoss<B: Backend> {
+pub struct PreparedLoss<B: ArBackend> {
     loss: RefinementLoss,
     codebook: Codebook<B>,
     soft: Option<(Tensor<B, 2, Int>, Tensor<B, 2>)>,
 }
 
-impl<B: Backend> PreparedLoss<B> {
+impl<B: ArBackend> PreparedLoss<B> {
     /// The weights.
     pub fn weights(&self) -> &RefinementLoss {
         &self.loss

@@ -1,6 +1,7 @@
 //! 2-D position information for the token grid.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use crate::ArBackend;
+use burn::tensor::{Tensor, TensorData};
 
 use crate::traits::TokenGrid;
 
@@ -8,7 +9,11 @@ use crate::traits::TokenGrid;
 /// `0..d_model/2` encode the row, `d_model/2..` the column, each half as interleaved-free
 /// `[sin(p ω_0) .. sin(p ω_{h/2-1}), cos(p ω_0) .. cos(p ω_{h/2-1})]` with
 /// `ω_i = 10000^(-2i/h)`, `h = d_model / 2`.
-pub(crate) fn sinusoidal_2d<B: Backend>(grid: TokenGrid, d_model: usize, device: &B::Device) -> Tensor<B, 2> {
+pub(crate) fn sinusoidal_2d<B: ArBackend>(
+    grid: TokenGrid,
+    d_model: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let half = d_model / 2;
     let quarter = half / 2;
     let mut v = vec![0f32; grid.len() * d_model];

@@ -2,9 +2,9 @@
 //! rule, training notes) and `model.safetensors` (weights by module path, f16 or f32), readable
 //! without Burn's record format.
 
+use crate::ArBackend;
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::config::TransformerRefinerConfig;
@@ -20,7 +20,7 @@ pub const REFINER_FORMAT: &str = "ar-refine-refiner-v2";
 
 /// A refiner loaded by [`load_refiner`].
 #[derive(Debug)]
-pub struct LoadedRefiner<B: Backend> {
+pub struct LoadedRefiner<B: ArBackend> {
     /// The model.
     pub refiner: TransformerRefiner<B>,
     /// The decision rule saved with it (calibrated on validation pairs when it is a gate).
@@ -56,7 +56,7 @@ struct ConfigFile {
 /// assert_eq!(back.decision, Decision::Snap);
 /// assert_eq!(back.refiner.param_count(), r.param_count());
 /// ```
-pub fn save_refiner<B: Backend>(
+pub fn save_refiner<B: ArBackend>(
     refiner: &TransformerRefiner<B>,
     decision: Decision,
     training: serde_json::Value,
@@ -79,7 +79,7 @@ pub fn save_refiner<B: Backend>(
 
 /// Loads what [`save_refiner`] wrote. Corrupt or mismatched files, and refiners saved by
 /// ar-refine 0.1 (`refiner.mpk`), are an [`Error::Checkpoint`] naming the problem.
-pub fn load_refiner<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<LoadedRefiner<B>> {
+pub fn load_refiner<B: ArBackend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<LoadedRefiner<B>> {
     let dir = dir.as_ref();
     let bad = |path: &Path, reason: String| Error::Checkpoint {
         path: path.to_path_buf(),

@@ -2,9 +2,10 @@
 //! sequence's code embeddings, optionally with the prompt as a prefix, the backbone's confidence
 //! and hidden states, and categorical and critic heads.
 
+use crate::ArBackend;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use super::block::Block;
 use super::config::{CodeHead, PositionEncoding, TransformerRefinerConfig};
@@ -47,7 +48,7 @@ const NORM_EPS: f64 = 1e-8;
 /// out.embeddings.into_data().assert_approx_eq::<f32>(&e.into_data(), Default::default()); // identity at init
 /// ```
 #[derive(Module, Debug)]
-pub struct TransformerRefiner<B: Backend> {
+pub struct TransformerRefiner<B: ArBackend> {
     input: Linear<B>,
     row_pos: Option<Param<Tensor<B, 2>>>,
     col_pos: Option<Param<Tensor<B, 2>>>,
@@ -72,7 +73,7 @@ pub struct TransformerRefiner<B: Backend> {
     config: TransformerRefinerConfig,
 }
 
-impl<B: Backend> TransformerRefiner<B> {
+impl<B: ArBackend> TransformerRefiner<B> {
     pub(crate) fn new(
         cfg: &TransformerRefinerConfig,
         codebook: Option<Tensor<B, 2>>,
@@ -284,7 +285,7 @@ impl<B: Backend> TransformerRefiner<B> {
     }
 }
 
-impl<B: Backend> Refiner<B> for TransformerRefiner<B> {
+impl<B: ArBackend> Refiner<B> for TransformerRefiner<B> {
     fn refine(&self, input: RefineInput<B>) -> Result<RefineOutput<B>> {
         self.check(&input)?;
         let h = self.trunk(&input)?;

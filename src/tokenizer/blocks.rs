@@ -1,23 +1,41 @@
 //! VQGAN building blocks: ResNet block, single-head spatial attention, resamplers.
 
+use crate::ArBackend;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+/// `silu(norm(x))` for `x [n, c, h, w]`: the fused kernels where the backend has them
+/// ([`ArBackend`]: the CubeCL backends and their `Autodiff` wrappers, for an affine GroupNorm),
+/// else Burn's `GroupNorm` and `silu`.
+pub(crate) fn norm_silu<B: ArBackend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "cubecl")]
+    if let (true, Some(gamma), Some(beta)) = (crate::backend::fused_enabled(), &norm.gamma, &norm.beta) {
+        let [n, c, h, w] = x.dims();
+        let groups = norm.num_groups;
+        if norm.affine && n * h * w > 0 && c == norm.num_channels && groups > 0 && c % groups == 0 {
+            if let Some(y) = B::group_norm_silu(x.clone(), gamma.val(), beta.val(), groups, norm.epsilon) {
+                return y;
+            }
+        }
+    }
+    silu(norm.forward(x))
+}
+
 /// GroupNorm with taming's ε = 1e-6.
-pub(crate) fn norm<B: Backend>(channels: usize, groups: usize, device: &B::Device) -> GroupNorm<B> {
+pub(crate) fn norm<B: ArBackend>(channels: usize, groups: usize, device: &B::Device) -> GroupNorm<B> {
     GroupNormConfig::new(groups, channels)
         .with_epsilon(1e-6)
         .init(device)
 }
 
 /// A `k×k` convolution with bias, stride `stride`, zero padding `pad`.
-pub(crate) fn conv<B: Backend>(
+pub(crate) fn conv<B: ArBackend>(
     c_in: usize,
     c_out: usize,
     k: usize,
@@ -78,7 +96,7 @@ pub fn conv_path() -> ConvPath {
 /// Applies `conv` (square kernel, any stride, symmetric explicit padding or none, no dilation
 /// or groups: the convolutions a VQGAN is made of) to `x` `[b, c_in, h, w]` on the path
 /// [`conv_path`] selects; returns `[b, c_out, h', w']`.
-pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_conv<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if conv_path() == ConvPath::Backend {
         return conv.forward(x);
     }
@@ -96,12 +114,12 @@ pub fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
 ///
 /// # Panics
 /// If the padded input is smaller than the kernel.
-pub fn apply_conv_padded<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pads: [usize; 4]) -> Tensor<B, 4> {
+pub fn apply_conv_padded<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pads: [usize; 4]) -> Tensor<B, 4> {
     conv_padded_on(conv_path(), conv, x, pads)
 }
 
 /// [`apply_conv_padded`] on the given path.
-fn conv_padded_on<B: Backend>(
+fn conv_padded_on<B: ArBackend>(
     path: ConvPath,
     conv: &Conv2d<B>,
     x: Tensor<B, 4>,
@@ -133,7 +151,7 @@ fn conv_padded_on<B: Backend>(
 /// concatenation. (Burn 0.21's `Tensor::pad` writes `x` into a filled tensor with
 /// `slice_assign`; on CUDA its forward + backward pass took 200–250 ms at `[64, 64, 64, 64]`, where
 /// concatenation's backward pass is slices of the gradient: BENCHMARKS.md, run 6.)
-pub(crate) fn pad_zeros<B: Backend, const D: usize>(
+pub(crate) fn pad_zeros<B: ArBackend, const D: usize>(
     x: Tensor<B, D>,
     dim: usize,
     before: usize,
@@ -176,7 +194,7 @@ pub(crate) fn pad_zeros<B: Backend, const D: usize>(
 /// The backward pass is matrix products, row-range copies into a zero matrix and sums: no
 /// backend convolution kernel and no gather/scatter. Extra work: the `(h·w) / (h'·w')` border
 /// pixels (≈ 6 % at 64×64 with padding 1) and, for stride 2, the skipped positions (4×).
-fn conv_gemm<B: Backend>(
+fn conv_gemm<B: ArBackend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     stride: usize,
@@ -239,7 +257,7 @@ fn row_chunks(rows: usize) -> usize {
 
 /// `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`, with a 1×1 shortcut when channels change.
 #[derive(Module, Debug)]
-pub struct ResnetBlock<B: Backend> {
+pub struct ResnetBlock<B: ArBackend> {
     pub(crate) norm1: GroupNorm<B>,
     pub(crate) conv1: Conv2d<B>,
     pub(crate) norm2: GroupNorm<B>,
@@ -247,7 +265,7 @@ pub struct ResnetBlock<B: Backend> {
     pub(crate) shortcut: Option<Conv2d<B>>,
 }
 
-impl<B: Backend> ResnetBlock<B> {
+impl<B: ArBackend> ResnetBlock<B> {
     pub(crate) fn new(c_in: usize, c_out: usize, groups: usize, device: &B::Device) -> Self {
         Self {
             norm1: norm(c_in, groups, device),
@@ -259,8 +277,8 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = apply_conv(&self.conv1, silu(self.norm1.forward(x.clone())));
-        let h = apply_conv(&self.conv2, silu(self.norm2.forward(h)));
+        let h = apply_conv(&self.conv1, norm_silu(&self.norm1, x.clone()));
+        let h = apply_conv(&self.conv2, norm_silu(&self.norm2, h));
         let x = match &self.shortcut {
             Some(s) => apply_conv(s, x),
             None => x,
@@ -271,7 +289,7 @@ impl<B: Backend> ResnetBlock<B> {
 
 /// Single-head self-attention over the `H·W` positions with 1×1 projections and a residual.
 #[derive(Module, Debug)]
-pub struct AttnBlock<B: Backend> {
+pub struct AttnBlock<B: ArBackend> {
     pub(crate) norm: GroupNorm<B>,
     pub(crate) q: Conv2d<B>,
     pub(crate) k: Conv2d<B>,
@@ -279,7 +297,7 @@ pub struct AttnBlock<B: Backend> {
     pub(crate) proj_out: Conv2d<B>,
 }
 
-impl<B: Backend> AttnBlock<B> {
+impl<B: ArBackend> AttnBlock<B> {
     pub(crate) fn new(c: usize, groups: usize, device: &B::Device) -> Self {
         Self {
             norm: norm(c, groups, device),
@@ -309,13 +327,13 @@ impl<B: Backend> AttnBlock<B> {
 }
 
 /// Stride-2 downsampling: pad right and bottom by one, then a 3×3 stride-2 convolution.
-pub(crate) fn downsample<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn downsample<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     apply_conv_padded(conv, x, [0, 1, 0, 1])
 }
 
 /// Nearest-neighbour ×2 upsampling (built from reshapes, so it differentiates everywhere),
 /// then a 3×3 convolution.
-pub(crate) fn upsample<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn upsample<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let up = x
         .reshape([b, c, h, 1, w, 1])

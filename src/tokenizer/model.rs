@@ -1,18 +1,18 @@
 //! The VQGAN network (encoder, codebook, decoder) and the names of its tensors in each
 //! checkpoint layout.
 
+use crate::ArBackend;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
-use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 
-use super::blocks::{apply_conv, conv, downsample, norm, upsample, AttnBlock, ResnetBlock};
+use super::blocks::{apply_conv, conv, downsample, norm, norm_silu, upsample, AttnBlock, ResnetBlock};
 use super::config::VqganConfig;
 
 /// One resolution level: ResNet blocks, optional attention after each, optional resampler.
 #[derive(Module, Debug)]
-pub struct Level<B: Backend> {
+pub struct Level<B: ArBackend> {
     pub(crate) blocks: Vec<ResnetBlock<B>>,
     pub(crate) attns: Vec<AttnBlock<B>>,
     pub(crate) resample: Option<Conv2d<B>>,
@@ -20,13 +20,13 @@ pub struct Level<B: Backend> {
 
 /// `block_1`, optional attention, `block_2`.
 #[derive(Module, Debug)]
-pub struct Mid<B: Backend> {
+pub struct Mid<B: ArBackend> {
     pub(crate) block_1: ResnetBlock<B>,
     pub(crate) attn_1: Option<AttnBlock<B>>,
     pub(crate) block_2: ResnetBlock<B>,
 }
 
-impl<B: Backend> Mid<B> {
+impl<B: ArBackend> Mid<B> {
     fn new(c: usize, cfg: &VqganConfig, device: &B::Device) -> Self {
         Self {
             block_1: ResnetBlock::new(c, c, cfg.num_groups, device),
@@ -50,7 +50,7 @@ impl<B: Backend> Mid<B> {
 /// The whole VQGAN. Levels are indexed as in taming: `dec_levels[0]` is the highest
 /// resolution (run last).
 #[derive(Module, Debug)]
-pub struct VqganModel<B: Backend> {
+pub struct VqganModel<B: ArBackend> {
     pub(crate) enc_conv_in: Conv2d<B>,
     pub(crate) enc_levels: Vec<Level<B>>,
     pub(crate) enc_mid: Mid<B>,
@@ -69,7 +69,7 @@ pub struct VqganModel<B: Backend> {
     pub(crate) config: VqganConfig,
 }
 
-impl<B: Backend> VqganModel<B> {
+impl<B: ArBackend> VqganModel<B> {
     /// Random initialisation (Burn's defaults for convolutions; codes uniform in `±1/K`, as
     /// taming initialises them). `config` must be valid.
     pub(crate) fn new(cfg: &VqganConfig, device: &B::Device) -> Self {
@@ -160,7 +160,7 @@ impl<B: Backend> VqganModel<B> {
             }
         }
         let h = self.enc_mid.forward(h);
-        let h = apply_conv(&self.enc_conv_out, silu(self.enc_norm_out.forward(h)));
+        let h = apply_conv(&self.enc_conv_out, norm_silu(&self.enc_norm_out, h));
         apply_conv(&self.quant_conv, h)
     }
 
@@ -174,11 +174,11 @@ impl<B: Backend> VqganModel<B> {
                 h = upsample(c, h);
             }
         }
-        apply_conv(&self.dec_conv_out, silu(self.dec_norm_out.forward(h)))
+        apply_conv(&self.dec_conv_out, norm_silu(&self.dec_norm_out, h))
     }
 }
 
-fn run_blocks<B: Backend>(level: &Level<B>, mut h: Tensor<B, 4>) -> Tensor<B, 4> {
+fn run_blocks<B: ArBackend>(level: &Level<B>, mut h: Tensor<B, 4>) -> Tensor<B, 4> {
     for (j, block) in level.blocks.iter().enumerate() {
         h = block.forward(h);
         if let Some(a) = level.attns.get(j) {
@@ -215,7 +215,7 @@ impl Layout {
 
 /// Receives every tensor-holding part of the model with its checkpoint name (without the
 /// `.weight` / `.bias` suffix).
-pub(crate) trait PartVisitor<B: Backend> {
+pub(crate) trait PartVisitor<B: ArBackend> {
     /// A convolution; `linear` when the checkpoint stores it as a linear layer `[out, in]`
     /// (diffusers attention projections of our 1×1 convolutions).
     fn conv(&mut self, name: &str, conv: &mut Conv2d<B>, linear: bool);
@@ -225,7 +225,7 @@ pub(crate) trait PartVisitor<B: Backend> {
     fn codebook(&mut self, name: &str, codes: &mut Param<Tensor<B, 2>>);
 }
 
-fn visit_resnet<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, r: &mut ResnetBlock<B>, layout: Layout) {
+fn visit_resnet<B: ArBackend>(v: &mut dyn PartVisitor<B>, p: &str, r: &mut ResnetBlock<B>, layout: Layout) {
     v.norm(&format!("{p}.norm1"), &mut r.norm1);
     v.conv(&format!("{p}.conv1"), &mut r.conv1, false);
     v.norm(&format!("{p}.norm2"), &mut r.norm2);
@@ -239,7 +239,7 @@ fn visit_resnet<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, r: &mut ResnetB
     }
 }
 
-fn visit_attn<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, a: &mut AttnBlock<B>, layout: Layout) {
+fn visit_attn<B: ArBackend>(v: &mut dyn PartVisitor<B>, p: &str, a: &mut AttnBlock<B>, layout: Layout) {
     let (names, linear) = match layout {
         Layout::Taming => (["norm", "q", "k", "v", "proj_out"], false),
         Layout::Diffusers => (["group_norm", "to_q", "to_k", "to_v", "to_out.0"], true),
@@ -251,7 +251,7 @@ fn visit_attn<B: Backend>(v: &mut dyn PartVisitor<B>, p: &str, a: &mut AttnBlock
     v.conv(&format!("{p}.{}", names[4]), &mut a.proj_out, linear);
 }
 
-fn visit_mid<B: Backend>(v: &mut dyn PartVisitor<B>, side: &str, m: &mut Mid<B>, layout: Layout) {
+fn visit_mid<B: ArBackend>(v: &mut dyn PartVisitor<B>, side: &str, m: &mut Mid<B>, layout: Layout) {
     let (b1, at, b2) = match layout {
         Layout::Taming => ("mid.block_1", "mid.attn_1", "mid.block_2"),
         Layout::Diffusers => (
@@ -267,7 +267,7 @@ fn visit_mid<B: Backend>(v: &mut dyn PartVisitor<B>, side: &str, m: &mut Mid<B>,
     visit_resnet(v, &format!("{side}.{b2}"), &mut m.block_2, layout);
 }
 
-impl<B: Backend> VqganModel<B> {
+impl<B: ArBackend> VqganModel<B> {
     /// Walks every part with its name under `layout`.
     pub(crate) fn visit_parts(&mut self, v: &mut dyn PartVisitor<B>, layout: Layout) {
         let n = self.enc_levels.len();
@@ -315,7 +315,7 @@ impl<B: Backend> VqganModel<B> {
     }
 }
 
-fn visit_level<B: Backend>(
+fn visit_level<B: ArBackend>(
     v: &mut dyn PartVisitor<B>,
     p: &str,
     level: &mut Level<B>,

@@ -1,12 +1,12 @@
 //! Training a VQGAN from scratch: reconstruction + codebook + commitment loss with the
 //! straight-through estimator, and dead-code restarts.
 
+use crate::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +88,7 @@ impl VqTrainConfig {
 
 /// The losses of one batch.
 #[derive(Clone, Debug)]
-pub struct VqLosses<B: Backend> {
+pub struct VqLosses<B: ArBackend> {
     /// `recon + codebook_weight·codebook + β·commitment` (differentiable).
     pub total: Tensor<B, 1>,
     /// Reconstruction term.
@@ -106,7 +106,7 @@ pub struct VqLosses<B: Backend> {
 /// The VQ-VAE objective on `images` `[b, 3, H, W]` in `[0, 1]` (van den Oord et al. 2017):
 /// the decoder sees `z + sg[z_q − z]` (straight-through), so the encoder gets the
 /// reconstruction gradient while the codebook learns from the codebook term.
-pub fn vq_losses<B: Backend>(
+pub fn vq_losses<B: ArBackend>(
     model: &VqganModel<B>,
     images: Tensor<B, 4>,
     recon: Recon,
@@ -181,7 +181,7 @@ pub struct VqStepReport {
 /// Trains `vq` on random batches of `images` (resized to the model's resolution beforehand by
 /// the caller) with AdamW, warmup + cosine and global clipping; resumable from `checkpoints`
 /// like [`crate::backbone::train_lm`]. The state's `losses` is the total-loss curve.
-pub fn train_vqgan<B: AutodiffBackend>(
+pub fn train_vqgan<B: ArAutodiffBackend>(
     vq: Vqgan<B>,
     images: &ImageSet,
     cfg: &VqTrainConfig,
@@ -302,7 +302,7 @@ pub fn train_vqgan<B: AutodiffBackend>(
 }
 
 /// Mean reconstruction PSNR (dB) of `images` through encode → decode, in chunks of `batch`.
-pub fn reconstruction_psnr<B: Backend>(
+pub fn reconstruction_psnr<B: ArBackend>(
     vq: &Vqgan<B>,
     images: &ImageSet,
     batch: usize,
@@ -321,6 +321,6 @@ pub fn reconstruction_psnr<B: Backend>(
 }
 
 /// The model without autodiff, for inference after training.
-pub fn valid<B: AutodiffBackend>(vq: Vqgan<B>) -> Result<Vqgan<B::InnerBackend>> {
+pub fn valid<B: ArAutodiffBackend>(vq: Vqgan<B>) -> Result<Vqgan<B::InnerBackend>> {
     Vqgan::from_trained(vq.into_model().valid())
 }

@@ -1,11 +1,12 @@
 //! [`Vqgan`]: the built-in [`Tokenizer`], loading open-MUSE, diffusers and taming checkpoints.
 
+use crate::ArBackend;
 use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{PixelRange, VqganConfig};
 use super::model::{Layout, PartVisitor, VqganModel};
@@ -37,13 +38,13 @@ use crate::traits::{TokenGrid, Tokenizer};
 /// assert_eq!(vq.decode(ids).unwrap().dims(), [1, 3, 32, 32]);
 /// ```
 #[derive(Debug, Clone)]
-pub struct Vqgan<B: Backend> {
+pub struct Vqgan<B: ArBackend> {
     pub(crate) model: VqganModel<B>,
     pub(crate) book: Codebook<B>,
     chunk: usize,
 }
 
-impl<B: Backend> Vqgan<B> {
+impl<B: ArBackend> Vqgan<B> {
     /// A randomly initialised tokenizer.
     pub fn new(config: VqganConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -214,7 +215,7 @@ impl<B: Backend> Vqgan<B> {
     }
 }
 
-impl<B: Backend> Tokenizer<B> for Vqgan<B> {
+impl<B: ArBackend> Tokenizer<B> for Vqgan<B> {
     fn image_size(&self) -> (usize, usize) {
         let r = self.model.config.resolution;
         (r, r)
@@ -249,12 +250,12 @@ impl<B: Backend> Tokenizer<B> for Vqgan<B> {
     }
 }
 
-struct Loader<'a, B: Backend> {
+struct Loader<'a, B: ArBackend> {
     report: KeyReport<'a>,
     device: B::Device,
 }
 
-impl<B: Backend> Loader<'_, B> {
+impl<B: ArBackend> Loader<'_, B> {
     fn take<const D: usize>(
         &mut self,
         key: &str,
@@ -267,7 +268,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-impl<B: Backend> PartVisitor<B> for Loader<'_, B> {
+impl<B: ArBackend> PartVisitor<B> for Loader<'_, B> {
     fn conv(&mut self, name: &str, conv: &mut Conv2d<B>, linear: bool) {
         let dims = conv.weight.val().dims();
         let file: Vec<usize> = if linear { dims[..2].to_vec() } else { dims.to_vec() };
@@ -303,7 +304,7 @@ struct Saver {
 }
 
 impl Saver {
-    fn push<B: Backend, const D: usize>(&mut self, name: String, shape: Vec<usize>, t: Tensor<B, D>) {
+    fn push<B: ArBackend, const D: usize>(&mut self, name: String, shape: Vec<usize>, t: Tensor<B, D>) {
         match read_f32(t) {
             Ok(v) => self.tensors.push((name, shape, v)),
             Err(e) => self.error = Some(e),
@@ -311,7 +312,7 @@ impl Saver {
     }
 }
 
-impl<B: Backend> PartVisitor<B> for Saver {
+impl<B: ArBackend> PartVisitor<B> for Saver {
     fn conv(&mut self, name: &str, conv: &mut Conv2d<B>, linear: bool) {
         let w = conv.weight.val();
         let dims = w.dims();
@@ -340,7 +341,7 @@ impl<B: Backend> PartVisitor<B> for Saver {
 }
 
 /// Lets `Vqgan` take part in Burn's module plumbing (devices, autodiff) through its network.
-impl<B: Backend> Vqgan<B> {
+impl<B: ArBackend> Vqgan<B> {
     /// The network as a Burn module (for training or moving between devices).
     pub fn into_model(self) -> VqganModel<B> {
         self.model

@@ -5,13 +5,13 @@
 //! so a crash never leaves a half-written checkpoint where resume would look; `state.json`
 //! carries checksums of the two weight files.
 
+use crate::ArAutodiffBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ pub fn resume<B, M, O>(
     device: &B::Device,
 ) -> Result<(M, O, TrainState)>
 where
-    B: AutodiffBackend,
+    B: ArAutodiffBackend,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
@@ -148,7 +148,7 @@ pub fn save_checkpoint<B, M, O>(
     state: &TrainState,
 ) -> Result<PathBuf>
 where
-    B: AutodiffBackend,
+    B: ArAutodiffBackend,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
@@ -207,7 +207,7 @@ pub fn load_checkpoint<B, M, O>(
     device: &B::Device,
 ) -> Result<(M, O, TrainState)>
 where
-    B: AutodiffBackend,
+    B: ArAutodiffBackend,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {

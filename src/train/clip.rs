@@ -3,20 +3,20 @@
 //! Burn's `GradientClippingConfig::Norm` clips every parameter tensor by its own norm; users of
 //! PyTorch expect one norm over all parameters, which keeps the update direction.
 
+use crate::ArAutodiffBackend;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
 use crate::checks::read_f32;
 use crate::error::{Error, Result};
 
-struct SumSquares<'a, B: AutodiffBackend> {
+struct SumSquares<'a, B: ArAutodiffBackend> {
     grads: &'a GradientsParams,
     total: Option<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
+impl<B: ArAutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
             let s = g.powi_scalar(2).sum();
@@ -28,13 +28,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
     }
 }
 
-struct Scale<'a, B: AutodiffBackend> {
+struct Scale<'a, B: ArAutodiffBackend> {
     grads: &'a mut GradientsParams,
     factor: f64,
     _b: std::marker::PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
+impl<B: ArAutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             self.grads.register(param.id, g.mul_scalar(self.factor));
@@ -45,7 +45,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
 /// Scales all gradients of `module` in `grads` so that their global L2 norm is at most
 /// `max_norm`; returns the norm before clipping. A non-finite norm is [`Error::NonFinite`]
 /// (the step should be skipped: the loss diverged).
-pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn clip_grad_norm<B: ArAutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,

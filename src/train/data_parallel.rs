@@ -30,8 +30,9 @@ pub(crate) fn exclusive_run() -> MutexGuard<'static, ()> {
 mod enabled {
     use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
     use burn::optim::GradientsParams;
-    use burn::tensor::backend::{AutodiffBackend, Backend};
     use burn::tensor::{Shape, Tensor, TensorPrimitive};
+
+    use crate::{ArAutodiffBackend, ArBackend};
     use burn_collective::{
         all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation,
     };
@@ -55,7 +56,7 @@ mod enabled {
 
     impl Peer {
         /// Registers replica `rank` of `peers` on `device` (blocks until every peer registered).
-        pub(crate) fn join<B: Backend>(rank: usize, peers: usize, device: &B::Device) -> Result<Self> {
+        pub(crate) fn join<B: ArBackend>(rank: usize, peers: usize, device: &B::Device) -> Result<Self> {
             let config = CollectiveConfig::default().with_num_devices(peers);
             register::<B>(PeerId::from(rank), device.clone(), config).map_err(|e| Error::Parallel {
                 rank,
@@ -75,7 +76,7 @@ mod enabled {
         }
 
         /// The element-wise sum of `flat` `[n]` over all replicas (every replica gets the same sum).
-        fn sum<B: Backend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+        fn sum<B: ArBackend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
             let out = all_reduce::<B>(
                 PeerId::from(self.rank),
                 flat.into_primitive().tensor(),
@@ -89,7 +90,7 @@ mod enabled {
         }
 
         /// [`Peer::sum`] read back to the host.
-        pub(crate) fn sum_values<B: Backend>(&self, values: Tensor<B, 1>) -> Result<Vec<f32>> {
+        pub(crate) fn sum_values<B: ArBackend>(&self, values: Tensor<B, 1>) -> Result<Vec<f32>> {
             read_f32(self.sum(values)?)
         }
 
@@ -99,7 +100,7 @@ mod enabled {
         ///
         /// A parameter without a gradient here contributes zeros, so that every replica sends a
         /// vector of the same length; it stays without a gradient afterwards.
-        pub(crate) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+        pub(crate) fn sum_gradients<B: ArAutodiffBackend, M: AutodiffModule<B>>(
             &self,
             model: &M,
             grads: GradientsParams,
@@ -140,13 +141,13 @@ mod enabled {
         present: bool,
     }
 
-    struct Flatten<B: AutodiffBackend> {
+    struct Flatten<B: ArAutodiffBackend> {
         grads: GradientsParams,
         parts: Vec<Tensor<B::InnerBackend, 1>>,
         layout: Vec<Slot>,
     }
 
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<B> {
+    impl<B: ArAutodiffBackend> ModuleVisitor<B> for Flatten<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let value = param.val();
             let shape = value.shape();
@@ -163,14 +164,14 @@ mod enabled {
         }
     }
 
-    struct Restore<'a, B: AutodiffBackend> {
+    struct Restore<'a, B: ArAutodiffBackend> {
         grads: &'a mut GradientsParams,
         flat: Tensor<B::InnerBackend, 1>,
         layout: std::vec::IntoIter<Slot>,
         offset: &'a mut usize,
     }
 
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
+    impl<B: ArAutodiffBackend> ModuleVisitor<B> for Restore<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let Some(slot) = self.layout.next() else { return };
             let n = slot.shape.num_elements();
@@ -189,8 +190,9 @@ mod enabled {
 mod disabled {
     use burn::module::AutodiffModule;
     use burn::optim::GradientsParams;
-    use burn::tensor::backend::{AutodiffBackend, Backend};
     use burn::tensor::Tensor;
+
+    use crate::{ArAutodiffBackend, ArBackend};
 
     use crate::error::{Error, Result};
 
@@ -198,7 +200,7 @@ mod disabled {
     pub(crate) enum Peer {}
 
     impl Peer {
-        pub(crate) fn join<B: Backend>(_rank: usize, _peers: usize, _device: &B::Device) -> Result<Self> {
+        pub(crate) fn join<B: ArBackend>(_rank: usize, _peers: usize, _device: &B::Device) -> Result<Self> {
             Err(Error::Config(
                 "training on several devices needs ar-refine's `multi-device` feature".into(),
             ))
@@ -208,11 +210,11 @@ mod disabled {
             match *self {}
         }
 
-        pub(crate) fn sum_values<B: Backend>(&self, _values: Tensor<B, 1>) -> Result<Vec<f32>> {
+        pub(crate) fn sum_values<B: ArBackend>(&self, _values: Tensor<B, 1>) -> Result<Vec<f32>> {
             match *self {}
         }
 
-        pub(crate) fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+        pub(crate) fn sum_gradients<B: ArAutodiffBackend, M: AutodiffModule<B>>(
             &self,
             _model: &M,
             _grads: GradientsParams,

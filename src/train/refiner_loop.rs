@@ -1,12 +1,12 @@
 //! The refiner training loop: the backbone is frozen (its outputs are precomputed [`Pairs`]),
 //! the refiner learns to map the embeddings of generated codes to those of the ground truth.
 
+use crate::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -118,7 +118,7 @@ pub struct Validation {
 
 /// Builds `idx`'s [`RefineInput`] for `refiner` (with hidden states from `hidden` when it reads
 /// them) and the true codes.
-pub(crate) fn pair_input<B: Backend, R: Refiner<B> + ?Sized>(
+pub(crate) fn pair_input<B: ArBackend, R: Refiner<B> + ?Sized>(
     refiner: &R,
     pairs: &Pairs,
     idx: &[usize],
@@ -141,7 +141,7 @@ pub(crate) fn pair_input<B: Backend, R: Refiner<B> + ?Sized>(
 /// The mean loss and the token accuracy (under `decision`, or the refiner's natural rule) of
 /// `refiner` over `pairs`, in batches of `batch`, without gradients.
 #[allow(clippy::too_many_arguments)]
-pub fn validate_refiner<B: Backend, M: Refiner<B>>(
+pub fn validate_refiner<B: ArBackend, M: Refiner<B>>(
     refiner: &M,
     codebook: &Codebook<B>,
     grid: TokenGrid,
@@ -174,7 +174,7 @@ pub fn validate_refiner<B: Backend, M: Refiner<B>>(
 /// Chooses the gate's margin and threshold for `refiner` on validation `pairs` (never on the
 /// pairs you report): the [`GateTable::calibrate`] point of highest token accuracy, ties to
 /// fewer edits. Returns the rule and what it does on `pairs`.
-pub fn calibrate_gate<B: Backend, M: Refiner<B>>(
+pub fn calibrate_gate<B: ArBackend, M: Refiner<B>>(
     refiner: &M,
     codebook: &Codebook<B>,
     grid: TokenGrid,
@@ -203,7 +203,7 @@ pub fn calibrate_gate<B: Backend, M: Refiner<B>>(
 /// token grid, the training and optional validation pairs, the devices to train on, and where
 /// hidden states come from for refiners that read them.
 #[derive(Clone, Copy)]
-pub struct RefinerData<'a, B: AutodiffBackend> {
+pub struct RefinerData<'a, B: ArAutodiffBackend> {
     /// The codebook `[K, D]` on the training backend.
     pub codebook: &'a Codebook<B>,
     /// The token grid of one image (`n = rows · cols` tokens per pair).
@@ -251,7 +251,7 @@ pub fn train_refiner<B, M>(
     on_step: &mut dyn FnMut(&RefinerStepReport),
 ) -> Result<(M, TrainState)>
 where
-    B: AutodiffBackend,
+    B: ArAutodiffBackend,
     M: Refiner<B> + AutodiffModule<B>,
     M::InnerModule: Refiner<B::InnerBackend>,
 {
@@ -398,7 +398,7 @@ impl Job<'_> {
         on_step: &mut dyn FnMut(&RefinerStepReport),
     ) -> Result<(M, TrainState)>
     where
-        B: AutodiffBackend,
+        B: ArAutodiffBackend,
         M: Refiner<B> + AutodiffModule<B>,
         M::InnerModule: Refiner<B::InnerBackend>,
     {
@@ -544,7 +544,7 @@ impl Job<'_> {
         on_step: &mut dyn FnMut(&RefinerStepReport),
     ) -> Result<()>
     where
-        B: AutodiffBackend,
+        B: ArAutodiffBackend,
         M: Refiner<B> + AutodiffModule<B>,
         M::InnerModule: Refiner<B::InnerBackend>,
         O: Optimizer<M, B>,
@@ -598,18 +598,18 @@ impl Job<'_> {
 }
 
 /// A [`HiddenSource`] of the inner backend used on its autodiff backend (no gradients).
-struct FromInner<'a, B: AutodiffBackend> {
+struct FromInner<'a, B: ArAutodiffBackend> {
     inner: &'a dyn HiddenSource<B::InnerBackend>,
 }
 
-impl<B: AutodiffBackend> HiddenSource<B> for FromInner<'_, B> {
+impl<B: ArAutodiffBackend> HiddenSource<B> for FromInner<'_, B> {
     fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>> {
         Ok(Tensor::from_inner(self.inner.hidden(pairs, idx, device)?))
     }
 }
 
 /// Writes `dir/best.safetensors` (f32) and `dir/best.json` (`{identity, step, accuracy}`).
-fn save_best<B: Backend, M: burn::module::Module<B>>(
+fn save_best<B: ArBackend, M: burn::module::Module<B>>(
     dir: &Path,
     model: &M,
     identity: &serde_json::Value,
@@ -628,7 +628,7 @@ fn save_best<B: Backend, M: burn::module::Module<B>>(
 
 /// What [`save_best`] wrote, loaded into `model`, with its accuracy; a file of another run
 /// (`identity`) is an [`Error::Config`], as for checkpoints.
-fn load_best<B: Backend, M: burn::module::Module<B>>(
+fn load_best<B: ArBackend, M: burn::module::Module<B>>(
     dir: &Path,
     model: M,
     identity: &serde_json::Value,

@@ -1,7 +1,8 @@
 //! Shared test helpers: a deterministic generator and the per-backend test macro.
 #![allow(dead_code)]
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use ar_refine::ArBackend;
+use burn::tensor::{Tensor, TensorData};
 
 pub use ar_refine::rng::SplitMix64;
 
@@ -11,7 +12,7 @@ pub fn fixtures() -> std::path::PathBuf {
 }
 
 /// The fixture VQGAN (open-MUSE layout, 64 codes, 4×4 tokens per 64×64 image) on `device`.
-pub fn fixture_vqgan<B: Backend>(device: &B::Device) -> ar_refine::tokenizer::Vqgan<B> {
+pub fn fixture_vqgan<B: ArBackend>(device: &B::Device) -> ar_refine::tokenizer::Vqgan<B> {
     ar_refine::tokenizer::Vqgan::load(fixtures().join("vqgan/open_muse/pytorch_model.bin"), None, device)
         .unwrap()
 }
@@ -21,7 +22,7 @@ pub fn uniform_vec(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
 }
 
-pub fn tensor<B: Backend, const D: usize>(
+pub fn tensor<B: ArBackend, const D: usize>(
     v: Vec<f32>,
     shape: [usize; D],
     device: &B::Device,
@@ -29,11 +30,11 @@ pub fn tensor<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn to_vec<B: ArBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
 }
 
-/// Instantiates backend-generic test functions `fn name<B: Backend>(device: &B::Device)` for
+/// Instantiates backend-generic test functions `fn name<B: ArBackend>(device: &B::Device)` for
 /// every enabled backend: NdArray always, Wgpu with the `wgpu` feature.
 #[macro_export]
 macro_rules! backend_tests {

@@ -1,18 +1,19 @@
 //! A preallocated key/value cache for incremental decoding.
 
-use burn::tensor::{backend::Backend, Tensor};
+use crate::ArBackend;
+use burn::tensor::Tensor;
 
 use super::config::LlamaConfig;
 
 /// One layer's keys and values, `[b, kv_heads, capacity, head_dim]` each, filled up to the
 /// model's current length.
 #[derive(Debug)]
-pub(crate) struct LayerCache<B: Backend> {
+pub(crate) struct LayerCache<B: ArBackend> {
     k: Option<Tensor<B, 4>>,
     v: Option<Tensor<B, 4>>,
 }
 
-impl<B: Backend> LayerCache<B> {
+impl<B: ArBackend> LayerCache<B> {
     /// Writes `k`, `v` (`[b, kv, n, hd]`) at positions `start..start + n` and returns views of
     /// positions `0..start + n`. The buffers are taken out and put back so that the write can
     /// happen in place.
@@ -67,14 +68,14 @@ impl<B: Backend> LayerCache<B> {
 /// Made by [`crate::backbone::Llama::new_cache`]; [`crate::backbone::Llama::forward_hidden`]
 /// appends to it.
 #[derive(Debug)]
-pub struct KvCache<B: Backend> {
+pub struct KvCache<B: ArBackend> {
     pub(crate) layers: Vec<LayerCache<B>>,
     pub(crate) batch: usize,
     pub(crate) len: usize,
     pub(crate) capacity: usize,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: ArBackend> KvCache<B> {
     pub(crate) fn new(c: &LlamaConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
         let shape = [batch, c.kv_heads(), capacity, c.head_dim()];
         let layers = (0..c.num_hidden_layers)

@@ -13,9 +13,10 @@
 //!   grouped-query heads read in place (was Burn's unfused attention: ~6 launches and, with
 //!   fewer key/value heads than query heads, a copy of the cache).
 //!
-//! They route for the CubeCL backend types this crate was built with (not their `Autodiff`
-//! wrappers: the kernels have no backward pass) and hand their inputs back otherwise, so the
-//! tensor-op path stays the reference and the training path. `AR_REFINE_FUSED=0` in the
+//! They route through [`crate::ArBackend::decoder_kernels`]: `CubeBackend` (any runtime and
+//! element type) has them, its `Autodiff` wrapper does not (the kernels have no backward pass),
+//! and the functions here hand their inputs back otherwise, so the tensor-op path stays the
+//! reference and the training path. `AR_REFINE_FUSED=0` in the
 //! environment turns them off (see [`enabled`]). Measured on an H200 (BENCHMARKS.md, issue
 //! [gpu-speed] run 2): a 100M-shape decode step 32.2 ms with the tensor ops vs 11.9 ms fused.
 
@@ -54,18 +55,7 @@ fn rms_norm_kernel<F: Float>(
             acc += v * v;
         }
     }
-    let mut red = SharedMemory::<f32>::new(units);
-    red[unit] = acc;
-    sync_cube();
-    if unit == 0 {
-        let mut total = 0.0f32;
-        for j in 0..units {
-            total += red[j];
-        }
-        red[0] = total;
-    }
-    sync_cube();
-    let rms = (red[0] / f32::cast_from(h) + eps).sqrt();
+    let rms = (crate::cube::cube_sum(acc, units) / f32::cast_from(h) + eps).sqrt();
     for s in 0..steps {
         let i = s * units + unit;
         if i < h {
@@ -218,18 +208,7 @@ fn decode_attention_kernel<F: Float>(
             sum += p;
         }
     }
-    red[unit] = sum;
-    sync_cube();
-    if unit == 0 {
-        let mut total = 0.0f32;
-        for i in 0..units {
-            total += red[i];
-        }
-        red[0] = total;
-    }
-    sync_cube();
-    let total = red[0];
-    sync_cube();
+    let total = crate::cube::cube_sum(sum, units);
     // Weighted values: `parts` groups of `hd` units, each over every `parts`-th key.
     let parts = units / hd;
     let d = unit % hd;
@@ -373,10 +352,10 @@ pub(crate) trait FusedBackend: Backend {
 }
 
 /// Queries, keys and values, each `[b, heads, positions, hd]`.
-pub(crate) type Qkv<B> = (BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>);
+pub type Qkv<B> = (BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>);
 
 /// The inputs of [`rope_kv`]: one layer's projections at positions `start..start + n`.
-pub(crate) struct RopeKv<B: Backend> {
+pub struct RopeKv<B: Backend> {
     /// Queries `[b·n, h·hd]`.
     pub q: BurnTensor<B, 2>,
     /// Keys `[b·n, kv·hd]`.
@@ -620,127 +599,80 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
     }
 }
 
-/// Expands `$try!(Type)` for every CubeCL backend type this crate was built with (not their
-/// `Autodiff` wrappers: the kernels have no backward pass).
-macro_rules! for_cube_backends {
-    ($try:ident) => {
-        #[cfg(feature = "wgpu")]
-        {
-            $try!(CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>);
-            $try!(CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>);
-        }
-        #[cfg(feature = "cuda")]
-        {
-            $try!(CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>);
-            $try!(CubeBackend<cubecl::cuda::CudaRuntime, half::f16, i32, u8>);
-            $try!(CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>);
-        }
-    };
-}
-
-/// Whether the fused kernels are used: yes unless the environment sets `AR_REFINE_FUSED=0`
-/// (read once), which keeps every LLaMA layer on Burn's tensor ops — for comparing the two
-/// paths on one build or ruling the kernels out when a result looks wrong.
+/// Whether the fused kernels are used (see [`crate::backend::fused_enabled`]).
 pub(crate) fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("AR_REFINE_FUSED").is_none_or(|v| v != "0"))
+    crate::backend::fused_enabled()
 }
 
-/// `t` moved to backend `B` when `C` is `B` (callers check the `TypeId`s first).
-fn uncast<C: Backend, B: Backend, const D: usize>(t: BurnTensor<C, D>) -> Option<BurnTensor<B, D>> {
-    (Box::new(t) as Box<dyn std::any::Any>)
-        .downcast::<BurnTensor<B, D>>()
-        .ok()
-        .map(|b| *b)
+/// The LLaMA decoder's fused decode kernels for one backend, as function pointers: what
+/// [`crate::ArBackend::decoder_kernels`] hands out (`CubeBackend` has them, other backends none).
+#[doc(hidden)]
+pub struct DecoderKernels<B: Backend> {
+    rms_norm: fn(BurnTensor<B, 2>, BurnTensor<B, 1>, f64) -> BurnTensor<B, 2>,
+    silu_mul: fn(BurnTensor<B, 2>, BurnTensor<B, 2>) -> BurnTensor<B, 2>,
+    rope_kv: fn(RopeKv<B>) -> Qkv<B>,
+    decode_attention: DecodeAttention<B>,
+    skinny_linear: SkinnyLinear<B>,
+}
+
+/// The signature of [`FusedBackend::fused_decode_attention`].
+type DecodeAttention<B> = fn(BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>, usize) -> BurnTensor<B, 4>;
+
+/// The signature of [`FusedBackend::fused_skinny_linear`].
+type SkinnyLinear<B> = fn(BurnTensor<B, 2>, BurnTensor<B, 2>) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>>;
+
+/// The kernels of a backend that has them.
+pub(crate) fn decoder_kernels<B: FusedBackend>() -> DecoderKernels<B> {
+    DecoderKernels {
+        rms_norm: B::fused_rms_norm,
+        silu_mul: B::fused_silu_mul,
+        rope_kv: B::fused_rope_kv,
+        decode_attention: B::fused_decode_attention,
+        skinny_linear: B::fused_skinny_linear,
+    }
+}
+
+/// `B`'s kernels when it has them and they are [`enabled`].
+fn kernels<B: crate::ArBackend>() -> Option<DecoderKernels<B>> {
+    if enabled() {
+        B::decoder_kernels()
+    } else {
+        None
+    }
 }
 
 /// RMSNorm of `x [rows, h]` with `gain [h]` by the fused kernel; `Err(x)` on other backends.
-pub(crate) fn rms_norm<B: Backend>(
+pub(crate) fn rms_norm<B: crate::ArBackend>(
     x: BurnTensor<B, 2>,
     gain: &BurnTensor<B, 1>,
     eps: f64,
 ) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
-    if !enabled() {
-        return Err(x);
+    match kernels::<B>() {
+        Some(k) => Ok((k.rms_norm)(x, gain.clone(), eps)),
+        None => Err(x),
     }
-    macro_rules! attempt {
-        ($c:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
-                // `B` is `$c`: the moves below cannot fail.
-                let y = <$c>::fused_rms_norm(
-                    uncast(x).expect("same type"),
-                    uncast(gain.clone()).expect("same type"),
-                    eps,
-                );
-                return Ok(uncast(y).expect("same type"));
-            }
-        };
-    }
-    for_cube_backends!(attempt);
-    let _ = (gain, eps);
-    Err(x)
 }
 
 /// `silu(gate) · up` for `[rows, n]` tensors by the fused kernel; `Err((gate, up))` on other
 /// backends.
-pub(crate) fn silu_mul<B: Backend>(
+pub(crate) fn silu_mul<B: crate::ArBackend>(
     gate: BurnTensor<B, 2>,
     up: BurnTensor<B, 2>,
 ) -> Result<BurnTensor<B, 2>, (BurnTensor<B, 2>, BurnTensor<B, 2>)> {
-    if !enabled() {
-        return Err((gate, up));
+    match kernels::<B>() {
+        Some(k) => Ok((k.silu_mul)(gate, up)),
+        None => Err((gate, up)),
     }
-    macro_rules! attempt {
-        ($c:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
-                // `B` is `$c`: the moves below cannot fail.
-                let y = <$c>::fused_silu_mul(
-                    uncast(gate).expect("same type"),
-                    uncast(up).expect("same type"),
-                );
-                return Ok(uncast(y).expect("same type"));
-            }
-        };
-    }
-    for_cube_backends!(attempt);
-    Err((gate, up))
 }
 
 /// RoPE of `q`, `k` and the write of `k`, `v` into the cache by the fused kernel:
 /// `Ok((q [b, h, n, hd], k buffer, v buffer))` (the buffers `[b, kv, cap, hd]`, or `[b, kv, n, hd]`
 /// without a cache); `Err(args)` unchanged on other backends.
-pub(crate) fn rope_kv<B: Backend>(args: RopeKv<B>) -> Result<Qkv<B>, RopeKv<B>> {
-    if !enabled() {
-        return Err(args);
+pub(crate) fn rope_kv<B: crate::ArBackend>(args: RopeKv<B>) -> Result<Qkv<B>, RopeKv<B>> {
+    match kernels::<B>() {
+        Some(k) => Ok((k.rope_kv)(args)),
+        None => Err(args),
     }
-    macro_rules! attempt {
-        ($c:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
-                // `B` is `$c`: the moves below cannot fail.
-                let a = RopeKv::<$c> {
-                    q: uncast(args.q).expect("same type"),
-                    k: uncast(args.k).expect("same type"),
-                    v: uncast(args.v).expect("same type"),
-                    cos: uncast(args.cos).expect("same type"),
-                    sin: uncast(args.sin).expect("same type"),
-                    cache: args
-                        .cache
-                        .map(|(k, v)| (uncast(k).expect("same type"), uncast(v).expect("same type"))),
-                    start: args.start,
-                    batch: args.batch,
-                    heads: args.heads,
-                };
-                let (q, k, v) = <$c>::fused_rope_kv(a);
-                return Ok((
-                    uncast(q).expect("same type"),
-                    uncast(k).expect("same type"),
-                    uncast(v).expect("same type"),
-                ));
-            }
-        };
-    }
-    for_cube_backends!(attempt);
-    Err(args)
 }
 
 /// Most keys [`decode_attention`] takes (its scores live in 32 KB of shared memory).
@@ -750,34 +682,21 @@ const MAX_KEYS: usize = 8192;
 /// (`kv` dividing `h`; views of the cache are fine) by the fused kernel, scaled by `1/√hd`
 /// without a mask: `Ok([b, h, 1, hd])`; `Err((q, k, v))` on other backends, for `t > 8192`
 /// keys or `hd > 256`.
-pub(crate) fn decode_attention<B: Backend>(
+pub(crate) fn decode_attention<B: crate::ArBackend>(
     q: BurnTensor<B, 4>,
     k: BurnTensor<B, 4>,
     v: BurnTensor<B, 4>,
 ) -> Result<BurnTensor<B, 4>, Qkv<B>> {
     let ([_, h, n, hd], [_, kv, t, _]) = (q.dims(), k.dims());
-    if !enabled() || n != 1 || t == 0 || t > MAX_KEYS || hd > UNITS || kv == 0 || h % kv != 0 {
+    if n != 1 || t == 0 || t > MAX_KEYS || hd > UNITS || kv == 0 || h % kv != 0 {
         return Err((q, k, v));
     }
+    let Some(kernels) = kernels::<B>() else {
+        return Err((q, k, v));
+    };
     // Shared memory is sized at compile time: one kernel per power of two of the key count.
     let max_t = t.next_power_of_two().max(UNITS);
-    macro_rules! attempt {
-        ($c:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
-                // `B` is `$c`: the moves below cannot fail.
-                let out = <$c>::fused_decode_attention(
-                    uncast(q).expect("same type"),
-                    uncast(k).expect("same type"),
-                    uncast(v).expect("same type"),
-                    max_t,
-                );
-                return Ok(uncast(out).expect("same type"));
-            }
-        };
-    }
-    for_cube_backends!(attempt);
-    let _ = max_t;
-    Err((q, k, v))
+    Ok((kernels.decode_attention)(q, k, v, max_t))
 }
 
 /// Units along `k` per output row in [`skinny_linear_kernel`] (a warp on CUDA).
@@ -804,47 +723,34 @@ pub(crate) const SKINNY_MAX_ROWS: usize = 16;
 
 /// `x [m, k] · wᵀ` with `w [n, k]` (HF's `[out, in]`) → `[m, n]` by the fused kernel, for
 /// `m ≤` [`SKINNY_MAX_ROWS`]; `Err(x)` on other backends or for more rows.
-pub(crate) fn skinny_linear<B: Backend>(
+pub(crate) fn skinny_linear<B: crate::ArBackend>(
     x: BurnTensor<B, 2>,
     w: &BurnTensor<B, 2>,
 ) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
-    if !enabled() || x.dims()[0] > SKINNY_MAX_ROWS || x.dims()[1] != w.dims()[1] {
+    if x.dims()[0] > SKINNY_MAX_ROWS || x.dims()[1] != w.dims()[1] {
         return Err(x);
     }
-    macro_rules! attempt {
-        ($c:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<$c>() {
-                // `B` is `$c`: the moves below cannot fail.
-                return match <$c>::fused_skinny_linear(
-                    uncast(x).expect("same type"),
-                    uncast(w.clone()).expect("same type"),
-                ) {
-                    Ok(y) => Ok(uncast(y).expect("same type")),
-                    Err(x) => Err(uncast(x).expect("same type")),
-                };
-            }
-        };
+    match kernels::<B>() {
+        Some(k) => (k.skinny_linear)(x, w.clone()),
+        None => Err(x),
     }
-    for_cube_backends!(attempt);
-    let _ = w;
-    Err(x)
 }
 
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
-    use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+    use burn::tensor::{DType, Distribution, Tensor};
 
     /// `t` in the float type of `B`'s element. Burn 0.21 keeps one default float dtype per
     /// device for every backend type on it (`burn_backend::get_device_settings`, keyed by device,
     /// not by backend), so once a `f16` backend has made tensors on the lavapipe device, `random`
     /// and `full` on the `f32` backend make `f16` tensors too; the kernels then (rightly) compute
     /// in f16 and an f32 tolerance fails. Tests state the type they mean.
-    fn own<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    fn own<B: crate::ArBackend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
         t.cast(<B::FloatElem as burn::tensor::Element>::dtype())
     }
 
     /// The values of `t` on the host, in f64.
-    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    fn host<B: crate::ArBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         t.cast(DType::F32)
             .into_data()
             .iter::<f32>()
@@ -853,14 +759,14 @@ mod tests {
     }
 
     /// The tensor-op RMSNorm of `RmsNorm::forward`, for reference.
-    fn reference<B: Backend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    fn reference<B: crate::ArBackend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let rms = x.clone().powi_scalar(2).mean_dim(1).add_scalar(eps).sqrt();
         x.div(rms).cast(dtype) * gain.unsqueeze::<2>()
     }
 
-    fn check<B: Backend>(tol: f32) {
+    fn check<B: crate::ArBackend>(tol: f32) {
         let device = Default::default();
         // Widths below, at and above one cube's 256 units, not multiples of it.
         for (rows, h) in [(1, 7), (3, 256), (5, 300), (2, 1030)] {
@@ -910,7 +816,7 @@ mod tests {
     }
 
     /// `silu(g)·u` by the fused kernel against f64 on the host and the tensor ops.
-    fn check_silu<B: Backend>(silu_tol: f32) {
+    fn check_silu<B: crate::ArBackend>(silu_tol: f32) {
         let device = Default::default();
         for (rows, n) in [(1, 5), (3, 300), (2, 1030)] {
             let g = own::<B, _>(Tensor::<B, 2>::random(
@@ -953,7 +859,7 @@ mod tests {
     /// RoPE and the cache write by the fused kernel against f64 on the host: a grouped-query
     /// layout (4 query heads, 2 key/value heads), two sequences of 3 new tokens after 5 cached
     /// ones; cache positions outside `5..8` keep their sentinel.
-    fn check_rope<B: Backend>(tol: f64) {
+    fn check_rope<B: crate::ArBackend>(tol: f64) {
         let device = Default::default();
         let (b, n, h, kv, hd, cap, start) = (2, 3, 4, 2, 8, 10, 5);
         let normal = Distribution::Normal(0.0, 1.5);
@@ -1041,7 +947,7 @@ mod tests {
     /// Decode attention by the fused kernel against f64 on the host: grouped-query heads, keys
     /// and values as views of a larger cache (strided), key counts below, at and above one
     /// cube's 256 units.
-    fn check_attention<B: Backend>(tol: f64) {
+    fn check_attention<B: crate::ArBackend>(tol: f64) {
         let device = Default::default();
         let (b, h, kv, hd, cap) = (2, 4, 2, 16, 600);
         let normal = Distribution::Normal(0.0, 1.0);
@@ -1095,7 +1001,7 @@ mod tests {
     /// per group change at 8), widths that take vectors of 1, 2 and 4 elements, output counts
     /// that leave a cube's last outputs past the end. The error is scaled by `Σ|x||w|`,
     /// the bound of the f32 accumulation and the final rounding.
-    fn check_skinny<B: Backend>(tol: f64) {
+    fn check_skinny<B: crate::ArBackend>(tol: f64) {
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
         for (m, k, n) in [(1, 7, 5), (2, 64, 33), (3, 1030, 17), (8, 256, 130), (16, 520, 9)] {

@@ -1,8 +1,9 @@
 //! [`ArBackbone`] for [`Llama`]: teacher-forced forward and KV-cache generation.
 
+use crate::ArBackend;
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use super::model::Llama;
 use crate::backbone::generate::validate_prompt;
@@ -48,7 +49,7 @@ pub struct GenerateOptions<'a> {
 
 /// What [`Llama::generate_with`] returns.
 #[derive(Clone, Debug)]
-pub struct Generation<B: Backend> {
+pub struct Generation<B: ArBackend> {
     /// New vocabulary ids `[b, n_new]`.
     pub tokens: Tensor<B, 2, Int>,
     /// The final hidden state whose logits chose each new token, `[b, n_new, hidden]`, when
@@ -58,7 +59,7 @@ pub struct Generation<B: Backend> {
     pub scores: Option<AnswerScores<B>>,
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ArBackend> Llama<B> {
     /// Generates `n_new` tokens after `prompt` `[b, p]` with a KV cache: one prefill pass over
     /// the prompt, then one single-token pass per new token. Sampling is restricted to
     /// [`ArBackbone::image_token_ids`]. Greedy decoding without a callback stays on the device
@@ -186,7 +187,7 @@ impl<B: Backend> Llama<B> {
 
 /// Keeps the last `max_images - 1` whole images of a prompt `[b, p]` made of
 /// `per`-token images (LVM: 256 tokens, 15 images in context).
-fn truncate_images<B: Backend>(
+fn truncate_images<B: ArBackend>(
     prompt: Tensor<B, 2, Int>,
     per: usize,
     max: usize,
@@ -205,7 +206,7 @@ fn truncate_images<B: Backend>(
     })
 }
 
-impl<B: Backend> ArBackbone<B> for Llama<B> {
+impl<B: ArBackend> ArBackbone<B> for Llama<B> {
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }

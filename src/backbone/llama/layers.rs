@@ -1,11 +1,12 @@
 //! LLaMA building blocks: projections (with optional LoRA), RMSNorm, rotate-half RoPE,
 //! grouped-query attention with a KV cache, SwiGLU MLP and the decoder layer.
 
+use crate::ArBackend;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, Bool, DType, Distribution, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Distribution, Tensor, TensorData};
 
 use super::cache::LayerCache;
 use super::config::LlamaConfig;
@@ -18,7 +19,7 @@ use super::config::LlamaConfig;
 /// to `[rows, in]` first, so a batch of one-token decode steps is one matmul that reads the
 /// weight once, not one vector-matrix product per sequence.
 #[derive(Module, Debug)]
-pub struct Proj<B: Backend> {
+pub struct Proj<B: ArBackend> {
     /// `[out, in]`.
     pub(crate) weight: Param<Tensor<B, 2>>,
     /// Low-rank update, when attached.
@@ -27,7 +28,7 @@ pub struct Proj<B: Backend> {
 
 /// LoRA: `x @ Wᵀ + scale · (x @ A) @ B` with `A: [in, r]`, `B: [r, out]`, `scale = alpha / r`.
 #[derive(Module, Debug)]
-pub struct LoraAdapter<B: Backend> {
+pub struct LoraAdapter<B: ArBackend> {
     /// `[in, r]`.
     pub(crate) a: Param<Tensor<B, 2>>,
     /// `[r, out]`, zero at initialisation so the adapted model starts equal to the base.
@@ -35,7 +36,7 @@ pub struct LoraAdapter<B: Backend> {
     pub(crate) scale: f64,
 }
 
-impl<B: Backend> Proj<B> {
+impl<B: ArBackend> Proj<B> {
     pub(crate) fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
         Self {
             weight: Param::from_tensor(Tensor::random(
@@ -69,7 +70,7 @@ impl<B: Backend> Proj<B> {
 }
 
 /// `x [.., k] @ w [k, n]` → `[.., n]`, computed as one `[rows, k] @ [k, n]` matmul.
-fn flat_matmul<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
+fn flat_matmul<B: ArBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> Tensor<B, D> {
     let mut dims = x.dims();
     let k = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
@@ -89,7 +90,7 @@ fn flat_matmul<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -> 
 /// let w = Tensor::<NdArray, 2>::ones([3, 4], &Default::default());
 /// assert_eq!(linear_t(x, w).dims(), [2, 1, 3]);
 /// ```
-pub fn linear_t<B: Backend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) -> Tensor<B, D> {
+pub fn linear_t<B: ArBackend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) -> Tensor<B, D> {
     #[cfg(feature = "cubecl")]
     {
         let mut dims = x.dims();
@@ -108,12 +109,12 @@ pub fn linear_t<B: Backend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>) 
 
 /// Root-mean-square norm with a learned gain, computed in f32 for half-precision backends.
 #[derive(Module, Debug)]
-pub struct RmsNorm<B: Backend> {
+pub struct RmsNorm<B: ArBackend> {
     pub(crate) weight: Param<Tensor<B, 1>>,
     pub(crate) eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: ArBackend> RmsNorm<B> {
     pub(crate) fn init(dim: usize, eps: f64, device: &B::Device) -> Self {
         Self {
             weight: Param::from_tensor(Tensor::ones([dim], device)),
@@ -149,7 +150,7 @@ impl<B: Backend> RmsNorm<B> {
 
 /// The rotate-half RoPE tables for positions `start..start + n`: `(cos, sin)`, each `[n, head_dim]`,
 /// laid out as HF does (`cat(freqs, freqs)`).
-pub(crate) fn rope_tables<B: Backend>(
+pub(crate) fn rope_tables<B: ArBackend>(
     start: usize,
     n: usize,
     head_dim: usize,
@@ -182,7 +183,7 @@ pub(crate) fn rope_tables<B: Backend>(
 }
 
 /// `x [b, h, n, hd]` rotated by the tables `[n, hd]`: `x·cos + rotate_half(x)·sin`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+fn apply_rope<B: ArBackend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let hd = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, hd / 2);
     let x2 = x.clone().narrow(3, hd / 2, hd / 2);
@@ -192,7 +193,7 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
 
 /// Multi-head attention with RoPE and grouped-query key/value heads.
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
+pub struct Attention<B: ArBackend> {
     pub(crate) q_proj: Proj<B>,
     pub(crate) k_proj: Proj<B>,
     pub(crate) v_proj: Proj<B>,
@@ -203,13 +204,13 @@ pub struct Attention<B: Backend> {
 }
 
 /// Per-forward context: position offset and the RoPE tables broadcast to `[1, 1, n, hd]`.
-pub(crate) struct Step<B: Backend> {
+pub(crate) struct Step<B: ArBackend> {
     pub start: usize,
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: ArBackend> Attention<B> {
     pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
         let (h, kv, hd, std) = (
             c.num_attention_heads,
@@ -346,13 +347,13 @@ impl<B: Backend> Attention<B> {
 
 /// SwiGLU: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
+pub struct Mlp<B: ArBackend> {
     pub(crate) gate_proj: Proj<B>,
     pub(crate) up_proj: Proj<B>,
     pub(crate) down_proj: Proj<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: ArBackend> Mlp<B> {
     pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
         let std = c.initializer_range;
         Self {
@@ -379,14 +380,14 @@ impl<B: Backend> Mlp<B> {
 
 /// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Module, Debug)]
-pub struct DecoderLayer<B: Backend> {
+pub struct DecoderLayer<B: ArBackend> {
     pub(crate) input_layernorm: RmsNorm<B>,
     pub(crate) self_attn: Attention<B>,
     pub(crate) post_attention_layernorm: RmsNorm<B>,
     pub(crate) mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: ArBackend> DecoderLayer<B> {
     pub(crate) fn init(c: &LlamaConfig, device: &B::Device) -> Self {
         Self {
             input_layernorm: RmsNorm::init(c.hidden_size, c.rms_norm_eps, device),

@@ -1,10 +1,11 @@
 //! LoRA adapters for [`Llama`]: attach (base frozen), save/load in PEFT's file layout, merge.
 
+use crate::ArBackend;
 use std::collections::HashSet;
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::layers::LoraAdapter;
@@ -78,7 +79,7 @@ fn key(layer: usize, p: ProjName, ab: char) -> String {
     )
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ArBackend> Llama<B> {
     /// Freezes every base weight and attaches fresh adapters to the targets: `A` uniform in
     /// `±1/√in` (PEFT's Kaiming init), `B` zero, so the adapted model starts equal to the base.
     /// Only the adapters then receive gradients. Replaces adapters already attached.
@@ -146,7 +147,7 @@ impl<B: Backend> Llama<B> {
 /// Saves the adapters of `model` to `dir` as PEFT does: `adapter_config.json` and
 /// `adapter_model.safetensors` (`lora_A [r, in]`, `lora_B [out, r]`), separate from the base
 /// weights. Files are written atomically.
-pub fn save_lora<B: Backend>(model: &Llama<B>, config: &LoraConfig, dir: impl AsRef<Path>) -> Result<()> {
+pub fn save_lora<B: ArBackend>(model: &Llama<B>, config: &LoraConfig, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     let targets = config.targets()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -182,7 +183,7 @@ pub fn save_lora<B: Backend>(model: &Llama<B>, config: &LoraConfig, dir: impl As
 
 /// Attaches the adapters saved in `dir` ([`save_lora`] or PEFT) to `model` (base frozen).
 /// Missing, unexpected or mis-shaped adapter tensors are one [`Error::Checkpoint`].
-pub fn load_lora<B: Backend>(
+pub fn load_lora<B: ArBackend>(
     model: Llama<B>,
     dir: impl AsRef<Path>,
     device: &B::Device,

@@ -18,6 +18,8 @@ mod train;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
+#[cfg(feature = "cubecl")]
+pub(crate) use fused::{decoder_kernels, DecoderKernels};
 pub use generate::{GenerateOptions, Generation, TokenCallback, MAX_NEW_TOKENS};
 pub use layers::linear_t;
 pub use lora::{load_lora, save_lora, LoraConfig};

@@ -1,10 +1,11 @@
 //! The LLaMA model: construction, HF checkpoint loading/saving and the forward pass.
 
+use crate::ArBackend;
 use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
@@ -32,7 +33,7 @@ use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, Tensor
 /// assert_eq!(model.forward(tokens, false).unwrap().logits.dims(), [1, 3, 40]);
 /// ```
 #[derive(Module, Debug)]
-pub struct Llama<B: Backend> {
+pub struct Llama<B: ArBackend> {
     pub(crate) embed_tokens: Param<Tensor<B, 2>>,
     pub(crate) layers: Vec<DecoderLayer<B>>,
     pub(crate) norm: RmsNorm<B>,
@@ -127,7 +128,7 @@ impl ProjName {
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ArBackend> Llama<B> {
     /// A randomly initialised model (normal, std `initializer_range`; norms 1).
     pub fn new(config: LlamaConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;

@@ -1,11 +1,11 @@
 //! Next-token training of a [`Llama`] (pretraining a small backbone, or LoRA fine-tuning).
 
+use crate::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +89,7 @@ pub struct StepReport {
 /// Mean next-token cross-entropy of `tokens` `[b, n]` over the predictions of positions
 /// `loss_from..n` (`loss_from >= 1`). Returns a one-element tensor (differentiable on an
 /// autodiff backend).
-pub fn lm_loss<B: Backend>(
+pub fn lm_loss<B: ArBackend>(
     model: &Llama<B>,
     tokens: Tensor<B, 2, Int>,
     loss_from: usize,
@@ -117,7 +117,7 @@ pub fn lm_loss<B: Backend>(
 /// a run that finds a checkpoint there resumes from it (weights, AdamW moments, sampler state
 /// and loss history), continuing the same loss curve. `on_step` sees every step (progress
 /// output). Returns the trained model and the final state (its `losses` is the loss curve).
-pub fn train_lm<B: AutodiffBackend>(
+pub fn train_lm<B: ArAutodiffBackend>(
     model: Llama<B>,
     sequences: &[Vec<i64>],
     cfg: &LmTrainConfig,

@@ -1,9 +1,10 @@
 //! Nearest-code search as a fused CubeCL kernel, for Burn's CubeCL backends (wgpu, CUDA) and
 //! their `Autodiff` wrappers.
 //!
-//! [`NearestCodeBackend`] is the extension trait; [`super::Codebook::nearest`] routes to it
-//! automatically for the backend types listed in `dispatch`, so users never call it
-//! differently.
+//! [`NearestCodeBackend`] is the extension trait with explicit tilings;
+//! [`super::Codebook::nearest`] reaches the kernel through the [`ArBackend`] impls of
+//! `CubeBackend` and `Autodiff` (any runtime and element type), so users never call it
+//! differently; other backends take the tensor-op search.
 
 mod kernel;
 mod mma;
@@ -21,6 +22,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 use super::Codebook;
+use crate::ArBackend;
 
 /// Backends with a fused nearest-code kernel.
 ///
@@ -40,7 +42,7 @@ use super::Codebook;
 /// let ids = Wgpu::nearest_code_ids(q, codes, bias, -2.0, None); // [1]: code 1
 /// # }
 /// ```
-pub trait NearestCodeBackend: Backend {
+pub trait NearestCodeBackend: ArBackend {
     /// Runs the exact kernel (f32 FMAs); shapes are the caller's responsibility (the
     /// [`super::Codebook`] checks them).
     fn nearest_code_ids(
@@ -347,58 +349,66 @@ impl<B: NearestCodeBackend, C: CheckpointStrategy> NearestCodeBackend for Autodi
     }
 }
 
-/// Calls the kernel when `B` is one of the CubeCL backend types this crate was built with
-/// (the matrix-unit kernel when `book` asks for it and the device has it); otherwise hands the
-/// queries back.
-pub(crate) fn dispatch<B: Backend>(
+/// The inputs of one nearest-code search by a kernel: queries `[N, D]`, the codebook's search
+/// codes `[K, D]`, kernel bias `[K]` and bounds `[2]` (see [`NearestCodeBackend`]), the score's
+/// `alpha`, and whether to try the matrix-unit kernel first.
+#[doc(hidden)]
+pub struct NearestArgs<B: Backend> {
+    pub(crate) queries: Tensor<B, 2>,
+    pub(crate) search: Tensor<B, 2>,
+    pub(crate) bias: Tensor<B, 1>,
+    pub(crate) bounds: Tensor<B, 1>,
+    pub(crate) alpha: f32,
+    pub(crate) matrix_units: bool,
+}
+
+impl<B: Backend, C: CheckpointStrategy> NearestArgs<Autodiff<B, C>> {
+    /// The same search on the inner backend.
+    pub(crate) fn inner(&self) -> NearestArgs<B> {
+        NearestArgs {
+            queries: self.queries.clone().inner(),
+            search: self.search.clone().inner(),
+            bias: self.bias.clone().inner(),
+            bounds: self.bounds.clone().inner(),
+            alpha: self.alpha,
+            matrix_units: self.matrix_units,
+        }
+    }
+}
+
+/// Runs the kernel through `B`'s [`ArBackend`] route (the matrix-unit kernel when `book` asks
+/// for it and the device has it); hands the queries back when `B` has no kernel.
+pub(crate) fn dispatch<B: ArBackend>(
     queries: Tensor<B, 2>,
     book: &Codebook<B>,
 ) -> Result<Tensor<B, 1, Int>, Tensor<B, 2>> {
-    macro_rules! route {
-        ($($backend:ty),* $(,)?) => {
-            $(
-                if let Some(ids) = run_as::<B, $backend>(&queries, book) {
-                    return Ok(ids);
-                }
-            )*
-        };
-    }
-    #[cfg(feature = "wgpu")]
-    route!(
-        CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>,
-        CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>,
-        Autodiff<CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>>,
-    );
-    #[cfg(feature = "cuda")]
-    route!(
-        CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>,
-        CubeBackend<cubecl::cuda::CudaRuntime, half::f16, i32, u8>,
-        CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>,
-        Autodiff<CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>,
-    );
-    let _ = book;
-    Err(queries)
+    let args = NearestArgs {
+        queries,
+        search: book.search().clone(),
+        bias: book.kernel_bias().clone(),
+        bounds: book.kernel_bounds().clone(),
+        alpha: book.kernel_alpha(),
+        matrix_units: book.kernel_precision().wants_matrix_units(book.dim()),
+    };
+    B::nearest_code_kernel(&args).ok_or(args.queries)
 }
 
-/// Runs the kernel if `B` is `C` (checked through `Any`, no unsafe code).
-fn run_as<B: Backend, C: NearestCodeBackend>(
-    queries: &Tensor<B, 2>,
-    book: &Codebook<B>,
-) -> Option<Tensor<B, 1, Int>> {
-    use std::any::Any;
-    let q = (queries as &dyn Any).downcast_ref::<Tensor<C, 2>>()?;
-    let c = (book.search() as &dyn Any).downcast_ref::<Tensor<C, 2>>()?;
-    let b = (book.kernel_bias() as &dyn Any).downcast_ref::<Tensor<C, 1>>()?;
-    let bounds = (book.kernel_bounds() as &dyn Any).downcast_ref::<Tensor<C, 1>>()?;
-    let alpha = book.kernel_alpha();
-    let mma = if book.kernel_precision().wants_matrix_units(book.dim()) {
-        C::nearest_code_ids_mma(q.clone(), c.clone(), b.clone(), bounds.clone(), alpha, None)
+/// The kernel search of `args` on a CubeCL backend: the matrix-unit kernel when asked for and
+/// available, else the exact one.
+pub(crate) fn run_kernel<C: NearestCodeBackend>(a: &NearestArgs<C>) -> Tensor<C, 1, Int> {
+    let mma = if a.matrix_units {
+        C::nearest_code_ids_mma(
+            a.queries.clone(),
+            a.search.clone(),
+            a.bias.clone(),
+            a.bounds.clone(),
+            a.alpha,
+            None,
+        )
     } else {
         None
     };
-    let ids = mma.unwrap_or_else(|| C::nearest_code_ids(q.clone(), c.clone(), b.clone(), alpha, None));
-    (Box::new(ids) as Box<dyn Any>)
-        .downcast::<Tensor<B, 1, Int>>()
-        .ok()
-        .map(|b| *b)
+    mma.unwrap_or_else(|| {
+        C::nearest_code_ids(a.queries.clone(), a.search.clone(), a.bias.clone(), a.alpha, None)
+    })
 }

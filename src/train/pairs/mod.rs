@@ -5,9 +5,10 @@
 mod cache;
 mod sharded;
 
+use crate::ArBackend;
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{score_answers, token_scores, Sampling};
@@ -92,7 +93,7 @@ impl Pairs {
     }
 
     /// Rows `idx` as `(generated, truth)` tensors `[b, n]`.
-    pub fn batch<B: Backend>(
+    pub fn batch<B: ArBackend>(
         &self,
         idx: &[usize],
         device: &B::Device,
@@ -107,7 +108,7 @@ impl Pairs {
     /// Rows `idx` as a [`RefineInput`] with what `needs` asks for (codes, embeddings through
     /// `codebook`, the prompt's last images, the confidence; not the hidden states, which a
     /// [`HiddenSource`] recomputes) and the true codes `[b, n]`.
-    pub fn input<B: Backend>(
+    pub fn input<B: ArBackend>(
         &self,
         idx: &[usize],
         codebook: &Codebook<B>,
@@ -182,7 +183,7 @@ fn out_of_range(i: usize, len: usize) -> Error {
 }
 
 /// Rows `idx` of `rows` (each `width` long) as `[idx.len(), width]`.
-fn rows_tensor<B: Backend>(
+fn rows_tensor<B: ArBackend>(
     rows: &[Vec<i64>],
     idx: &[usize],
     width: usize,
@@ -206,7 +207,7 @@ fn rows_tensor<B: Backend>(
     ))
 }
 
-fn float_rows<B: Backend>(
+fn float_rows<B: ArBackend>(
     rows: &[Vec<f32>],
     idx: &[usize],
     n: usize,
@@ -226,24 +227,24 @@ fn float_rows<B: Backend>(
 /// Recomputes the backbone's final hidden states for pairs (one teacher-forced pass over
 /// prompt + answer per batch), for refiners that read them: they are `H` wide per token
 /// (4,096 at 7B), too large to store with the pairs.
-pub trait HiddenSource<B: Backend> {
+pub trait HiddenSource<B: ArBackend> {
     /// Hidden states `[idx.len(), n, H]` of pairs `idx`, on `device`.
     fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>>;
 }
 
 /// A [`HiddenSource`] over a frozen backbone (see [`score_answers`]).
-pub struct BackboneHidden<'a, B: Backend> {
+pub struct BackboneHidden<'a, B: ArBackend> {
     backbone: &'a dyn ArBackbone<B>,
 }
 
-impl<'a, B: Backend> BackboneHidden<'a, B> {
+impl<'a, B: ArBackend> BackboneHidden<'a, B> {
     /// Hidden states from `backbone`.
     pub fn new(backbone: &'a dyn ArBackbone<B>) -> Self {
         Self { backbone }
     }
 }
 
-impl<B: Backend> HiddenSource<B> for BackboneHidden<'_, B> {
+impl<B: ArBackend> HiddenSource<B> for BackboneHidden<'_, B> {
     fn hidden(&self, pairs: &Pairs, idx: &[usize], device: &B::Device) -> Result<Tensor<B, 3>> {
         let n = pairs.tokens();
         let p = pairs.prompt_images() * n;
@@ -283,7 +284,7 @@ pub struct PairOptions<'a> {
 /// finished batches are written there as checksummed chunks together with the configuration; a
 /// later call with the same configuration loads what is there and generates only the rest, so an
 /// interrupted run resumes. `progress(done, total)` is called after every batch.
-pub fn generate_pairs<B: Backend>(
+pub fn generate_pairs<B: ArBackend>(
     backbone: &dyn ArBackbone<B>,
     sentences: &[TokenSentence],
     opts: &PairOptions<'_>,
@@ -316,7 +317,7 @@ fn target_len(sentences: &[TokenSentence]) -> Result<usize> {
 }
 
 /// Every code of every sentence is one of the backbone's image ids.
-fn check_ids<B: Backend>(backbone: &dyn ArBackbone<B>, sentences: &[TokenSentence]) -> Result<()> {
+fn check_ids<B: ArBackend>(backbone: &dyn ArBackbone<B>, sentences: &[TokenSentence]) -> Result<()> {
     let codes = backbone.image_token_ids().len() as i64;
     for (i, s) in sentences.iter().enumerate() {
         if let Some(c) = s
@@ -338,7 +339,7 @@ fn check_ids<B: Backend>(backbone: &dyn ArBackbone<B>, sentences: &[TokenSentenc
 }
 
 /// The backbone's codes for the query outputs of `part`, with their scores.
-fn run_backbone<B: Backend>(
+fn run_backbone<B: ArBackend>(
     backbone: &dyn ArBackbone<B>,
     part: &[TokenSentence],
     mode: &PairMode,

@@ -1,12 +1,11 @@
 //! Pair generation sharded over several devices: one backbone replica per device, batches handed
 //! out as devices free up, the cache written in prompt order by the calling thread.
 
+use crate::ArBackend;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-
-use burn::tensor::backend::Backend;
 
 use super::{check_ids, run_backbone, target_len, Cache, PairOptions, Pairs, Scored};
 use crate::data::TokenSentence;
@@ -57,7 +56,7 @@ pub fn generate_pairs_sharded<B, A, F>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Pairs>
 where
-    B: Backend,
+    B: ArBackend,
     A: ArBackbone<B>,
     F: Fn(&B::Device) -> Result<A> + Sync,
 {

@@ -1,0 +1,267 @@
+//! The Burn backends the crate runs on, and how its fused kernels find them.
+//!
+//! Every generic item of the crate takes `B: ArBackend` (training loops
+//! `B: ArAutodiffBackend`). The trait is Burn's [`Backend`] plus hidden routes to the crate's
+//! CubeCL kernels; a backend without kernels implements it with an empty `impl` and then runs
+//! every step on Burn's tensor operations. Which backends get which kernel is decided by these
+//! impls, at compile time, not by trying type casts at run time.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+/// A Burn backend the crate runs on: [`Backend`] plus the routes to the crate's fused kernels.
+///
+/// Implemented for
+/// - `CubeBackend<R, F, I, BT>` of `burn-cubecl` (features `wgpu`, `cuda`), for every runtime
+///   and element type, so for `burn::backend::Wgpu` and `burn::backend::Cuda` in f32, f16 and
+///   bf16: the nearest-code kernel of [`crate::decode::cube`] and the LLaMA decoder's fused
+///   decode kernels;
+/// - `Autodiff<B>` of every `ArBackend` `B`: nearest-code search runs `B`'s kernel on the inner
+///   tensors (token ids carry no gradient); the decoder kernels have no backward pass, so the
+///   LLaMA layers take Burn's tensor operations there;
+/// - `NdArray` (feature `ndarray`): Burn's tensor operations throughout.
+///
+/// Any other Burn backend opts in with an empty impl, `impl ArBackend for MyBackend {}`, and
+/// takes the tensor-op path everywhere. Burn's `Fusion` wrapper has no impl: the crate builds
+/// Burn 0.21 without its `fusion` feature, whose stream panics on the LLaMA decode step
+/// (BENCHMARKS.md, [gpu-speed] run 1).
+pub trait ArBackend: Backend {
+    /// The nearest-code kernel for `args`, or `None` for the tensor-op search (the default).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn nearest_code_kernel(
+        args: &crate::decode::cube::NearestArgs<Self>,
+    ) -> Option<burn::tensor::Tensor<Self, 1, burn::tensor::Int>> {
+        let _ = args;
+        None
+    }
+
+    /// The LLaMA decoder's fused decode kernels, or `None` for tensor operations (the default).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn decoder_kernels() -> Option<crate::backbone::DecoderKernels<Self>> {
+        None
+    }
+
+    /// The fused `silu(group_norm(x))` forward and backward functions, or `None` (the default).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn group_norm_silu_kernels() -> Option<crate::tokenizer::GroupNormSilu<Self>> {
+        None
+    }
+
+    /// `silu(group_norm(x))` of `x [n, c, h, w]` with `gamma`, `beta [c]` and `groups`
+    /// dividing `c` (the caller checks the shapes) by the fused kernels, or `None` for tensor
+    /// operations. By default the forward kernel of
+    /// [`group_norm_silu_kernels`](Self::group_norm_silu_kernels); `Autodiff` records it with
+    /// its own backward pass.
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn group_norm_silu(
+        x: burn::tensor::Tensor<Self, 4>,
+        gamma: burn::tensor::Tensor<Self, 1>,
+        beta: burn::tensor::Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Option<burn::tensor::Tensor<Self, 4>> {
+        let k = Self::group_norm_silu_kernels()?;
+        Some((k.forward)(x, gamma, beta, groups, eps).0)
+    }
+}
+
+/// Whether the crate's fused kernels are used: yes unless the environment sets
+/// `AR_REFINE_FUSED=0` (read once), which keeps every layer on Burn's tensor operations — for
+/// comparing the two paths on one build or ruling the kernels out when a result looks wrong.
+#[cfg(feature = "cubecl")]
+pub(crate) fn fused_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("AR_REFINE_FUSED").is_none_or(|v| v != "0"))
+}
+
+/// An [`ArBackend`] with automatic differentiation whose inner backend is an [`ArBackend`] too:
+/// what the training loops take. Implemented for every such backend (e.g. `Autodiff<NdArray>`,
+/// `Autodiff<Wgpu>`).
+pub trait ArAutodiffBackend: AutodiffBackend<InnerBackend: ArBackend> + ArBackend {}
+
+impl<B> ArAutodiffBackend for B where B: AutodiffBackend<InnerBackend: ArBackend> + ArBackend {}
+
+impl<B: ArBackend, C: CheckpointStrategy> ArBackend for Autodiff<B, C> {
+    #[cfg(feature = "cubecl")]
+    fn nearest_code_kernel(
+        args: &crate::decode::cube::NearestArgs<Self>,
+    ) -> Option<burn::tensor::Tensor<Self, 1, burn::tensor::Int>> {
+        let ids = B::nearest_code_kernel(&args.inner())?;
+        Some(burn::tensor::Tensor::from_inner(ids))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn group_norm_silu(
+        x: burn::tensor::Tensor<Self, 4>,
+        gamma: burn::tensor::Tensor<Self, 1>,
+        beta: burn::tensor::Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Option<burn::tensor::Tensor<Self, 4>> {
+        let kernels = B::group_norm_silu_kernels()?;
+        Some(recorded::group_norm_silu::<B, C>(
+            kernels, x, gamma, beta, groups, eps,
+        ))
+    }
+}
+
+/// The fused `silu(group_norm(x))` recorded on `Autodiff`'s graph with its own backward pass.
+#[cfg(feature = "cubecl")]
+mod recorded {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::Autodiff;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Tensor, TensorPrimitive};
+
+    use crate::tokenizer::{GroupNormSilu, GroupNormSiluSaved};
+
+    /// The backward step: `B`'s backward function.
+    struct Step<B: Backend>(GroupNormSilu<B>);
+
+    impl<B: Backend> std::fmt::Debug for Step<B> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("GroupNormSilu")
+        }
+    }
+
+    impl<B: Backend> Backward<B, 3> for Step<B> {
+        type State = GroupNormSiluSaved<B>;
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dy = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+            let g = (self.0.backward)(ops.state, dy);
+            let [px, pg, pb] = ops.parents;
+            for (parent, grad) in [
+                (px, g.x.into_primitive()),
+                (pg, g.gamma.into_primitive()),
+                (pb, g.beta.into_primitive()),
+            ] {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, grad.tensor());
+                }
+            }
+        }
+    }
+
+    /// Runs the forward kernel on the inner tensors and records the step (with the input, the
+    /// parameters and the statistics saved) when any of the three is tracked.
+    pub(super) fn group_norm_silu<B: Backend, C: CheckpointStrategy>(
+        kernels: GroupNormSilu<B>,
+        x: Tensor<Autodiff<B, C>, 4>,
+        gamma: Tensor<Autodiff<B, C>, 1>,
+        beta: Tensor<Autodiff<B, C>, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Autodiff<B, C>, 4> {
+        let forward = kernels.forward;
+        let (xp, gp, bp) = (
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+        );
+        let nodes = [xp.node.clone(), gp.node.clone(), bp.node.clone()];
+        let xi = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(xp.primitive));
+        let gi = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gp.primitive));
+        let bi = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(bp.primitive));
+        let out = match Step(kernels).prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, stats) = forward(xi.clone(), gi.clone(), bi.clone(), groups, eps);
+                let saved = GroupNormSiluSaved {
+                    x: xi,
+                    gamma: gi,
+                    beta: bi,
+                    stats,
+                    groups,
+                };
+                prep.finish(saved, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(xi, gi, bi, groups, eps).0.into_primitive().tensor())
+            }
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl<E, I, Q> ArBackend for burn_ndarray::NdArray<E, I, Q>
+where
+    E: burn_ndarray::FloatNdArrayElement,
+    I: burn_ndarray::IntNdArrayElement,
+    Q: burn_ndarray::QuantElement,
+    burn_ndarray::NdArrayTensor: From<burn_ndarray::SharedArray<E>> + From<burn_ndarray::SharedArray<I>>,
+{
+}
+
+#[cfg(feature = "cubecl")]
+impl<R, F, I, BT> ArBackend for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::element::BoolElement,
+{
+    fn nearest_code_kernel(
+        args: &crate::decode::cube::NearestArgs<Self>,
+    ) -> Option<burn::tensor::Tensor<Self, 1, burn::tensor::Int>> {
+        Some(crate::decode::cube::run_kernel(args))
+    }
+
+    fn decoder_kernels() -> Option<crate::backbone::DecoderKernels<Self>> {
+        Some(crate::backbone::decoder_kernels())
+    }
+
+    fn group_norm_silu_kernels() -> Option<crate::tokenizer::GroupNormSilu<Self>> {
+        Some(crate::tokenizer::group_norm_silu_kernels())
+    }
+}
+
+/// The routes follow the impls: any element types of a CubeCL backend and its `Autodiff`
+/// wrapper get the nearest-code kernel, `NdArray` (and its wrapper) the tensor-op search; the
+/// decoder kernels only on the CubeCL backend itself.
+#[cfg(all(test, feature = "wgpu", feature = "ndarray"))]
+mod wgpu_routes {
+    use burn::backend::{Autodiff, NdArray, Wgpu};
+    use burn::tensor::Tensor;
+
+    use super::ArBackend;
+    use crate::{Codebook, Metric};
+
+    /// Wgpu with other integer and bool element types than `burn::backend::Wgpu`'s.
+    type Other = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i64, u8>;
+
+    /// Whether `B`'s nearest-code search ran a kernel (and then that it found the right code).
+    fn routed<B: ArBackend>(device: &B::Device) -> bool {
+        let codes = Tensor::<B, 2>::from_floats([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]], device);
+        let book = Codebook::new(codes, Metric::SquaredL2).unwrap();
+        let q = Tensor::<B, 2>::from_floats([[0.9, 0.8], [2.0, 0.1]], device);
+        match crate::decode::cube::dispatch(q, &book) {
+            Ok(ids) => {
+                assert_eq!(ids.into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 2]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn kernel_routes_follow_the_backend_impls() {
+        let (gpu, cpu) = (Default::default(), Default::default());
+        assert!(routed::<Wgpu>(&gpu));
+        assert!(routed::<Other>(&gpu));
+        assert!(routed::<Autodiff<Other>>(&gpu));
+        assert!(!routed::<NdArray>(&cpu));
+        assert!(!routed::<Autodiff<NdArray>>(&cpu));
+        assert!(<Wgpu>::decoder_kernels().is_some() && Other::decoder_kernels().is_some());
+        assert!(<Autodiff<Wgpu>>::decoder_kernels().is_none());
+        assert!(NdArray::<f32>::decoder_kernels().is_none());
+    }
+}
