@@ -22,8 +22,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 ///   LLaMA layers take Burn's tensor operations there;
 /// - `NdArray` (feature `ndarray`): Burn's tensor operations throughout.
 ///
-/// Any other Burn backend opts in with an empty impl, `impl ArBackend for MyBackend {}`, and
-/// takes the tensor-op path everywhere. Burn's `Fusion` wrapper has no impl: the crate builds
+/// A backend of your own opts in with an empty impl, `impl ArBackend for MyBackend {}`, and
+/// takes the tensor-op path everywhere. A backend type from another crate can only get its impl
+/// here (Rust's orphan rule): Burn's `tch` and `candle` backends have none yet. Burn's `Fusion` wrapper has no impl: the crate builds
 /// Burn 0.21 without its `fusion` feature, whose stream panics on the LLaMA decode step
 /// (BENCHMARKS.md, [gpu-speed] run 1).
 pub trait ArBackend: Backend {

@@ -50,8 +50,8 @@ impl TokenGrid {
 /// `encode` and `decode`; the rest has defaults.
 ///
 /// ```
-/// use ar_refine::{Codebook, Metric, Result, TokenGrid, Tokenizer};
-/// use burn::tensor::{backend::Backend, Int, Tensor};
+/// use ar_refine::{ArBackend, Codebook, Metric, Result, TokenGrid, Tokenizer};
+/// use burn::tensor::{Int, Tensor};
 ///
 /// /// One token per 1×1 "image": the code nearest to its RGB value.
 /// struct PixelTokenizer<B: ArBackend> { book: Codebook<B> }
@@ -379,7 +379,7 @@ pub struct RefinerNeeds {
 /// [`crate::refiner::Decision`].
 ///
 /// ```
-/// use ar_refine::{Refiner, Result, TokenGrid};
+/// use ar_refine::{ArBackend, Refiner, Result, TokenGrid};
 /// use burn::prelude::*;
 ///
 /// /// Averages every embedding with the sequence mean: a (poor) global-context refiner.
