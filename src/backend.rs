@@ -15,18 +15,19 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 /// Implemented for
 /// - `CubeBackend<R, F, I, BT>` of `burn-cubecl` (features `wgpu`, `cuda`), for every runtime
 ///   and element type, so for `burn::backend::Wgpu` and `burn::backend::Cuda` in f32, f16 and
-///   bf16: the nearest-code kernel of [`crate::decode::cube`] and the LLaMA decoder's fused
-///   decode kernels;
+///   bf16: the nearest-code kernel of [`crate::decode::cube`], the LLaMA decoder's fused decode
+///   kernels and the tokenizer's fused `silu(group_norm(x))`;
 /// - `Autodiff<B>` of every `ArBackend` `B`: nearest-code search runs `B`'s kernel on the inner
-///   tensors (token ids carry no gradient); the decoder kernels have no backward pass, so the
+///   tensors (token ids carry no gradient); `silu(group_norm(x))` runs `B`'s kernels, recorded on
+///   the graph with their own backward pass; the decoder kernels have no backward pass, so the
 ///   LLaMA layers take Burn's tensor operations there;
 /// - `NdArray` (feature `ndarray`): Burn's tensor operations throughout.
 ///
 /// A backend of your own opts in with an empty impl, `impl ArBackend for MyBackend {}`, and
 /// takes the tensor-op path everywhere. A backend type from another crate can only get its impl
-/// here (Rust's orphan rule): Burn's `tch` and `candle` backends have none yet. Burn's `Fusion` wrapper has no impl: the crate builds
-/// Burn 0.21 without its `fusion` feature, whose stream panics on the LLaMA decode step
-/// (BENCHMARKS.md, [gpu-speed] run 1).
+/// here (Rust's orphan rule): Burn's `tch` and `candle` backends have none yet. Burn's `Fusion`
+/// wrapper has none either: the crate builds Burn 0.21 without its `fusion` feature, whose stream
+/// panics on the LLaMA decode step (BENCHMARKS.md, [gpu-speed] run 1).
 pub trait ArBackend: Backend {
     /// The nearest-code kernel for `args`, or `None` for the tensor-op search (the default).
     #[cfg(feature = "cubecl")]
