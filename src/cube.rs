@@ -1,5 +1,10 @@
 //! CubeCL helpers shared by the crate's kernels.
 
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::element::BoolElement;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 /// The sum of every unit's `value` over the cube (all units get it).
@@ -20,4 +25,30 @@ pub(crate) fn cube_sum(value: f32, #[comptime] units: usize) -> f32 {
     let total = red[0];
     sync_cube();
     total
+}
+
+/// The primitive of a float tensor, made contiguous (what the crate's kernels read).
+pub(crate) fn contiguous<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: Tensor<CubeBackend<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+/// An uninitialised contiguous tensor of `shape` and `dtype` on `like`'s device (a kernel's
+/// output buffer).
+pub(crate) fn empty<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: impl Into<Shape>,
+    dtype: DType,
+) -> CubeTensor<R> {
+    let shape = shape.into();
+    let handle = like.client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
+}
+
+/// A kernel's float output as a tensor of the backend.
+pub(crate) fn float<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: CubeTensor<R>,
+) -> Tensor<CubeBackend<R, F, I, BT>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }

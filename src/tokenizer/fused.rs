@@ -15,12 +15,13 @@
 //! Statistics and sums in f32 whatever the storage type. The `Autodiff` side (which saved
 //! tensors the backward gets) lives in [`crate::backend`].
 
-use burn::tensor::{DType, Tensor as BurnTensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor as BurnTensor};
 use burn_cubecl::element::BoolElement;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
+
+use crate::cube::{contiguous, empty, float};
 
 /// Units per cube of the three kernels.
 const UNITS: usize = 256;
@@ -199,30 +200,6 @@ fn gn_silu_param_grad_kernel<F: Float>(
     }
 }
 
-/// The contiguous primitive of a float tensor.
-fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
-    t: BurnTensor<CubeBackend<R, F, I, BT>, D>,
-) -> CubeTensor<R> {
-    into_contiguous(t.into_primitive().tensor())
-}
-
-/// An uninitialised contiguous tensor of `shape` and `dtype` on `like`'s device.
-fn empty<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    shape: impl Into<burn::tensor::Shape>,
-    dtype: DType,
-) -> CubeTensor<R> {
-    let shape = shape.into();
-    let handle = like.client.empty(shape.num_elements() * dtype.size());
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
-}
-
-fn tensor<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
-    t: CubeTensor<R>,
-) -> BurnTensor<CubeBackend<R, F, I, BT>, D> {
-    BurnTensor::from_primitive(TensorPrimitive::Float(t))
-}
-
 /// `silu(group_norm(x))` of `x [n, c, h, w]` with `gamma`, `beta [c]` and `groups` dividing `c`
 /// (the caller checks the shapes): `(y [n, c, h, w], stats [n · groups · 2] f32)`.
 pub(crate) fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
@@ -233,7 +210,7 @@ pub(crate) fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     eps: f64,
 ) -> Normed<CubeBackend<R, F, I, BT>> {
     let [n, c, h, w] = x.dims();
-    let (x, gamma, beta) = (prim(x), prim(gamma), prim(beta));
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
     let y = empty(&x, [n, c, h, w], x.dtype);
     let rows = n * groups;
     let stats = empty(&x, [rows * 2], DType::F32);
@@ -260,7 +237,7 @@ pub(crate) fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
             dtype,
         );
     }
-    (tensor(y), tensor(stats))
+    (float(y), float(stats))
 }
 
 /// The gradients of [`forward`] for `dy [n, c, h, w]`: `(dx [n, c, h, w], dgamma [c],
@@ -272,11 +249,11 @@ pub(crate) fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolE
     let [n, c, h, w] = dy.dims();
     let groups = saved.groups;
     let (x, gamma, beta, stats, dy) = (
-        prim(saved.x),
-        prim(saved.gamma),
-        prim(saved.beta),
-        prim(saved.stats),
-        prim(dy),
+        contiguous(saved.x),
+        contiguous(saved.gamma),
+        contiguous(saved.beta),
+        contiguous(saved.stats),
+        contiguous(dy),
     );
     let dx = empty(&x, [n, c, h, w], x.dtype);
     let dgamma = empty(&x, [n * c], DType::F32);
@@ -323,14 +300,14 @@ pub(crate) fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolE
         );
     }
     let sum = |t: CubeTensor<R>| {
-        tensor::<R, F, I, BT, 2>(t)
+        float::<R, F, I, BT, 2>(t)
             .reshape([n, c])
             .sum_dim(0)
             .reshape([c])
             .cast(F::dtype())
     };
     Grads {
-        x: tensor(dx),
+        x: float(dx),
         gamma: sum(dgamma),
         beta: sum(dbeta),
     }

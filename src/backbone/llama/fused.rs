@@ -17,7 +17,7 @@
 //! element type) has them, its `Autodiff` wrapper does not (the kernels have no backward pass),
 //! and the functions here hand their inputs back otherwise, so the tensor-op path stays the
 //! reference and the training path. `AR_REFINE_FUSED=0` in the
-//! environment turns them off (see [`enabled`]). Measured on an H200 (BENCHMARKS.md, issue
+//! environment turns them off (see [`crate::backend::fused_enabled`]). Measured on an H200 (BENCHMARKS.md, issue
 //! [gpu-speed] run 2): a 100M-shape decode step 32.2 ms with the tensor ops vs 11.9 ms fused.
 
 use burn::tensor::{backend::Backend, Tensor as BurnTensor};
@@ -26,6 +26,8 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
+
+use crate::cube::{contiguous, empty, float};
 
 /// Units per cube of [`rms_norm_kernel`]: one cube normalises one row.
 const UNITS: usize = 256;
@@ -387,34 +389,6 @@ fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     }
 }
 
-/// A contiguous uninitialised tensor of `shape` typed like `like`.
-fn empty_shaped<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    shape: impl Into<burn::tensor::Shape>,
-) -> CubeTensor<R> {
-    let shape = shape.into();
-    let handle = like.client.empty(shape.num_elements() * like.dtype.size());
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        like.dtype,
-    )
-}
-
-/// The primitive of a float tensor, made contiguous.
-fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
-    t: BurnTensor<CubeBackend<R, F, I, BT>, D>,
-) -> CubeTensor<R> {
-    into_contiguous(t.into_primitive().tensor())
-}
-
-/// An uninitialised contiguous tensor shaped and typed like `like`.
-fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
-    empty_shaped(like, like.meta.shape().clone())
-}
-
 /// Launch geometry for one unit per element of `len`.
 fn per_element(len: usize) -> (CubeCount, CubeDim) {
     (
@@ -428,8 +402,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
 {
     fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2> {
         let rows = x.dims()[0];
-        let (x, gain) = (prim(x), prim(gain));
-        let out = empty_like(&x);
+        let (x, gain) = (contiguous(x), contiguous(gain));
+        let out = empty(&x, x.meta.shape().clone(), x.dtype);
         let dtype = x.dtype.into();
         // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS_X <
         // rows` of contiguous `[rows, h]` tensors (gain `[h]`); the shared array has `UNITS`
@@ -448,12 +422,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             );
         }
         drop((x, gain));
-        BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+        float(out)
     }
 
     fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2> {
-        let (gate, up) = (prim(gate), prim(up));
-        let out = empty_like(&gate);
+        let (gate, up) = (contiguous(gate), contiguous(up));
+        let out = empty(&gate, gate.meta.shape().clone(), gate.dtype);
         let (count, dim) = per_element(gate.meta.shape().num_elements());
         let dtype = gate.dtype.into();
         // SAFETY: the kernel writes and reads index `i` only when `i < out.len()`, and the three
@@ -470,7 +444,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             );
         }
         drop((gate, up));
-        BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+        float(out)
     }
     fn fused_rope_kv(a: RopeKv<Self>) -> Qkv<Self> {
         let [rows, qw] = a.q.dims();
@@ -478,15 +452,24 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         let (b, h) = (a.batch, a.heads);
         let kv = a.k.dims()[1] / hd;
         debug_assert_eq!((rows, qw), (b * n, h * hd));
-        let (q, k, v, cos, sin) = (prim(a.q), prim(a.k), prim(a.v), prim(a.cos), prim(a.sin));
+        let (q, k, v, cos, sin) = (
+            contiguous(a.q),
+            contiguous(a.k),
+            contiguous(a.v),
+            contiguous(a.cos),
+            contiguous(a.sin),
+        );
         let (kc, vc) = match a.cache {
             Some((kc, vc)) => (
                 writable(kc.into_primitive().tensor()),
                 writable(vc.into_primitive().tensor()),
             ),
-            None => (empty_shaped(&k, [b, kv, n, hd]), empty_shaped(&k, [b, kv, n, hd])),
+            None => (
+                empty(&k, [b, kv, n, hd], k.dtype),
+                empty(&k, [b, kv, n, hd], k.dtype),
+            ),
         };
-        let q_out = empty_shaped(&q, [b, h, n, hd]);
+        let q_out = empty(&q, [b, h, n, hd], q.dtype);
         let (count, dim) = per_element(b * h * n * hd);
         let dtype = q.dtype.into();
         // SAFETY: unit `pos < q_out.len() = b·h·n·hd` reads `q` at row `bi·n + i < b·n`, column
@@ -512,8 +495,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             );
         }
         drop((q, k, v, cos, sin));
-        let wrap = |t| BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
-        (wrap(q_out), wrap(kc), wrap(vc))
+        (float(q_out), float(kc), float(vc))
     }
     fn fused_decode_attention(
         q: BurnTensor<Self, 4>,
@@ -522,9 +504,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         max_t: usize,
     ) -> BurnTensor<Self, 4> {
         let [b, h, _, hd] = q.dims();
-        let q = prim(q);
+        let q = contiguous(q);
         let (k, v) = (k.into_primitive().tensor(), v.into_primitive().tensor());
-        let out = empty_like(&q);
+        let out = empty(&q, q.meta.shape().clone(), q.dtype);
         let dtype = q.dtype.into();
         // SAFETY: cube `bh < b·h` reads `q`/writes `out` at `bh·hd + d`, `d < hd` (contiguous
         // `[b, h, 1, hd]`); `k`, `v` are read through their own strides at batch `bi < b`, head
@@ -546,7 +528,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             );
         }
         drop((q, k, v));
-        BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+        float(out)
     }
 
     fn fused_skinny_linear(
@@ -557,7 +539,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         if m == 0 || m > SKINNY_MAX_ROWS {
             return Err(x);
         }
-        let (x, w) = (prim(x), prim(w));
+        let (x, w) = (contiguous(x), contiguous(w));
         // The widest vector (at most 16 bytes) that divides `k`.
         let vs = x
             .client
@@ -569,7 +551,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         // fewer outputs to keep its `m · r` accumulators in registers.
         let (r, groups) = skinny_geometry(m);
         let lanes = SKINNY_LANES;
-        let out = empty_shaped(&x, [m, n]);
+        let out = empty(&x, [m, n], x.dtype);
         let dtype = x.dtype.into();
         // SAFETY: lanes read `w` at row `min(o, 0 if o ≥ n)` < n, vector `j < k / vs` (index 0
         // when `j` is past the row), `x` at row `mi < m`, same vector; `y` is written at
@@ -593,15 +575,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             );
         }
         drop((x, w));
-        Ok(BurnTensor::from_primitive(burn::tensor::TensorPrimitive::Float(
-            out,
-        )))
+        Ok(float(out))
     }
-}
-
-/// Whether the fused kernels are used (see [`crate::backend::fused_enabled`]).
-pub(crate) fn enabled() -> bool {
-    crate::backend::fused_enabled()
 }
 
 /// The LLaMA decoder's fused decode kernels for one backend, as function pointers: what
@@ -632,9 +607,9 @@ pub(crate) fn decoder_kernels<B: FusedBackend>() -> DecoderKernels<B> {
     }
 }
 
-/// `B`'s kernels when it has them and they are [`enabled`].
+/// `B`'s kernels when it has them and they are enabled ([`crate::backend::fused_enabled`]).
 fn kernels<B: crate::ArBackend>() -> Option<DecoderKernels<B>> {
-    if enabled() {
+    if crate::backend::fused_enabled() {
         B::decoder_kernels()
     } else {
         None

@@ -14,7 +14,7 @@ pub use mma::MmaTiling;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
-use burn::tensor::{backend::Backend, Int, Shape, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor};
 use burn_cubecl::element::BoolElement;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -117,17 +117,6 @@ fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive
     t.into_primitive().tensor()
 }
 
-fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, len: usize, dtype: burn::tensor::DType) -> CubeTensor<R> {
-    let handle = like.client.empty(len * dtype.size());
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::new([len]),
-        handle,
-        dtype,
-    )
-}
-
 /// What both kernels' launches share: contiguous inputs, sizes, the split of the codes over
 /// cubes and the per-split outputs (`[n_splits · N]` scores and ids).
 struct Launch<R: CubeRuntime> {
@@ -157,8 +146,8 @@ impl<R: CubeRuntime> Launch<R> {
         let bias = into_contiguous(bias);
         let [n, d] = [queries.meta.shape()[0], queries.meta.shape()[1]];
         let (n_splits, k_per_split) = splits(n, codes.meta.shape()[0], block_q, block_k);
-        let scores = empty_like(&queries, n_splits * n, burn::tensor::DType::F32);
-        let ids = empty_like(&queries, n_splits * n, id_dtype);
+        let scores = crate::cube::empty(&queries, [n_splits * n], burn::tensor::DType::F32);
+        let ids = crate::cube::empty(&queries, [n_splits * n], id_dtype);
         Launch {
             queries,
             codes,
@@ -296,7 +285,7 @@ fn reduce_splits<R: CubeRuntime>(
     if n_splits == 1 {
         return ids;
     }
-    let out = empty_like(&ids, n, id_dtype);
+    let out = crate::cube::empty(&ids, [n], id_dtype);
     let units = 256;
     let client = ids.client.clone();
     kernel::nearest_reduce_kernel::launch::<R>(
