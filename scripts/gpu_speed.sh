@@ -7,7 +7,8 @@
 #   cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu --example train_tokenizer
 # STAGE: gen (headline variant, full settings, + transformers) | variants (every other variant,
 # shorter runs) | check (decode vs prefill logits on the device, then the per-step profile) |
-# vq (training step). Logs go to $OUT.
+# ab (every build in .bin/ side by side: projections alone, then the 7B step's profile; the
+# kernel tests first when .bin/kernel_tests.xz is there) | vq (training step). Logs go to $OUT.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out" .run-bin
 main="${MAIN:-autotune}"
@@ -62,6 +63,21 @@ variants)
         ".run-bin/llama_bench_gpu-$v" --ops 2>&1 | tee "$out/ops-$v.jsonl"
         echo "== ar-refine ($v): generation"
         ".run-bin/llama_bench_gpu-$v" --new "${NEW:-64}" --reps 2 2>&1 | tee "$out/gen-$v.jsonl"
+    done
+    ;;
+ab)
+    if [ -f .bin/kernel_tests.xz ]; then
+        unpack kernel_tests
+        echo "== CUDA kernel tests"
+        .run-bin/kernel_tests --test-threads 1 cuda 2>&1 | tee "$out/kernel_tests.log"
+    fi
+    for f in .bin/llama_bench_gpu-*.xz; do
+        v="${f#.bin/llama_bench_gpu-}"; v="${v%.xz}"
+        unpack "llama_bench_gpu-$v"
+        echo "== ar-refine ($v): projections"
+        ".run-bin/llama_bench_gpu-$v" --proj 2>&1 | sed "s/^{/{\"build\":\"$v\",/" | tee -a "$out/ab-proj.jsonl"
+        echo "== ar-refine ($v): 7B step profile"
+        ".run-bin/llama_bench_gpu-$v" --profile --shapes 7b 2>&1 | sed "s/^{/{\"build\":\"$v\",/" | tee -a "$out/ab-profile.jsonl"
     done
     ;;
 vq)

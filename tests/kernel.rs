@@ -1,5 +1,6 @@
 //! The fused CubeCL nearest-code kernels (exact f32 and matrix-unit) against a brute-force f64
-//! search (tie-aware), on wgpu (lavapipe in CI) and on CUDA when a GPU is present.
+//! search (tie-aware), on wgpu (lavapipe in CI) and on CUDA when a GPU is present; on CUDA also
+//! the decoder's few-row projection (`linear_t`, matrix units for f16/bf16) against f64.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
@@ -335,6 +336,62 @@ mod cuda {
                 super::Kernel::MatrixUnits,
                 &device,
                 &[(257, 300, 64)],
+            );
+        }
+    }
+
+    /// `linear_t` at decode shapes (`m ≤ 16` rows: the matrix-unit kernel for `k % 32 == 0`,
+    /// the CUDA-core kernel otherwise) against an f64 product of the same rounded inputs, in
+    /// f16 and bf16, with partial output tiles (`n` not a multiple of 8 or 16) and rows 1–16.
+    #[test]
+    fn few_row_projection_matches_f64() {
+        if gpu() {
+            let device = Default::default();
+            few_rows::<Cuda<half::f16>>(&device, burn::tensor::DType::F16, 4e-3);
+            few_rows::<Cuda<half::bf16>>(&device, burn::tensor::DType::BF16, 2e-2);
+        }
+    }
+
+    fn few_rows<B: ar_refine::ArBackend>(device: &B::Device, dtype: burn::tensor::DType, tol: f64) {
+        use burn::tensor::{Tensor, TensorData};
+        let mut rng = super::SplitMix64::new(11);
+        for (m, k, n) in [
+            (1, 64, 8),
+            (5, 96, 13),
+            (8, 4096, 40),
+            (9, 128, 300),
+            (16, 11008, 24),
+            (16, 4096, 4096),
+            (3, 40, 17),
+        ] {
+            let make = |rng: &mut super::SplitMix64, rows: usize| {
+                let v = super::uniform_vec(rng, rows * k);
+                Tensor::<B, 2>::from_data(TensorData::new(v, [rows, k]), device).cast(dtype)
+            };
+            let (x, w) = (make(&mut rng, m), make(&mut rng, n));
+            let host = |t: Tensor<B, 2>| -> Vec<f64> {
+                t.cast(burn::tensor::DType::F32)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            };
+            let (xs, ws) = (host(x.clone()), host(w.clone()));
+            let y = host(ar_refine::backbone::linear_t(x, w));
+            assert_eq!(y.len(), m * n, "{m}×{k}·{n}");
+            let mut want = vec![0.0f64; m * n];
+            for i in 0..m {
+                for o in 0..n {
+                    want[i * n + o] = (0..k).map(|j| xs[i * k + j] * ws[o * k + j]).sum();
+                }
+            }
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(1e-9);
+            let worst = y.iter().zip(&want).fold(0.0f64, |a, (g, e)| a.max((g - e).abs()));
+            assert!(
+                worst <= tol * scale,
+                "{dtype:?} {m}×{k}·{n}ᵀ: largest difference {worst:.3e} of largest value {scale:.3e}"
             );
         }
     }

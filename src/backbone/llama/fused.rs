@@ -4,8 +4,12 @@
 //! time (one token per sequence) the host cost of a launch, not the bytes moved, sets the time
 //! (`llama_bench_gpu --ops`: the six-op RMSNorm costs ~0.15 ms for 8 KB on an H200). Each
 //! kernel here does one such step in one launch:
-//! - [`rms_norm`]: RMSNorm with its f32 statistics (was 6 launches);
-//! - [`silu_mul`]: `silu(gate) · up` (was 3);
+//! - [`rms_norm`]: RMSNorm with its f32 statistics (was 6 launches), and [`add_rms_norm`] with
+//!   the residual add before it folded in (was 7);
+//! - [`silu_mul`]: `silu(gate) · up` (was 3), and [`swiglu`]: gate, up and `silu(gate) · up` in
+//!   one matrix-unit launch where [`super::mma`] runs (f16/bf16 on CUDA);
+//! - [`skinny_linear`]: the projections of at most 16 rows, on the matrix units where
+//!   [`super::mma`] runs, else [`skinny_linear_kernel`];
 //! - [`rope_kv`]: RoPE of the queries and keys and the write of keys and values into the KV
 //!   cache, from the projections as they leave the matmul (was ~14: halves, negation,
 //!   concatenation, products, head transposes, two slice-assigns);
@@ -34,14 +38,19 @@ const UNITS: usize = 256;
 
 /// One row of `x [rows, h]` per cube: the mean of squares in f32 (each unit sums a strided
 /// share, then shared memory), then `out = cast(x / sqrt(mean + eps)) · gain`, the same
-/// operations in the same precision as the tensor-op path of `RmsNorm::forward`.
+/// operations in the same precision as the tensor-op path of `RmsNorm::forward`. With `add`,
+/// the row normalised is the residual sum `cast(x + delta)`, also written to `sum` (the decoder's
+/// residual add folded into the norm that follows it); without, `delta` and `sum` are not used.
 #[cube(launch_unchecked)]
 fn rms_norm_kernel<F: Float>(
     x: &Tensor<F>,
+    delta: &Tensor<F>,
     gain: &Tensor<F>,
+    sum: &mut Tensor<F>,
     out: &mut Tensor<F>,
     eps: f32,
     #[comptime] units: usize,
+    #[comptime] add: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let h = x.shape(1);
@@ -53,7 +62,12 @@ fn rms_norm_kernel<F: Float>(
     for s in 0..steps {
         let i = s * units + unit;
         if i < h {
-            let v = f32::cast_from(x[base + i]);
+            let mut v = f32::cast_from(x[base + i]);
+            if comptime!(add) {
+                let r = F::cast_from(v + f32::cast_from(delta[base + i]));
+                sum[base + i] = r;
+                v = f32::cast_from(r);
+            }
             acc += v * v;
         }
     }
@@ -61,8 +75,13 @@ fn rms_norm_kernel<F: Float>(
     for s in 0..steps {
         let i = s * units + unit;
         if i < h {
-            let v = f32::cast_from(x[base + i]) / rms;
-            out[base + i] = F::cast_from(v) * gain[i];
+            // With `add`, each unit reads back the sums it wrote itself.
+            let v = if comptime!(add) {
+                f32::cast_from(sum[base + i])
+            } else {
+                f32::cast_from(x[base + i])
+            };
+            out[base + i] = F::cast_from(v / rms) * gain[i];
         }
     }
 }
@@ -138,18 +157,27 @@ fn rope_kv_kernel<F: Float>(
 }
 
 /// Attention of one new query per sequence over its cached keys: one cube per (sequence, head),
-/// `q [b, h, 1, hd]` (contiguous), `k`, `v [b, kv, t, hd]` with any strides (views of the cache),
-/// query head `i` reading key/value head `i / (h / kv)`; `out [b, h, 1, hd]`. The scores stay in
-/// shared memory (`max_t ≥ t` entries), softmax in f32, `hd ≤ units`.
+/// `q [b, h, 1, hd]` (contiguous), `k`, `v [b, kv, t, hd]` with any strides whose last is 1 and
+/// the others multiples of the vector size `N = nv` (views of the cache), all read as
+/// `nv`-element vectors (`hv = hd / nv` a row); query head `i` reads key/value head `i / (h / kv)`;
+/// `out [b, h, 1, hd]`. The scores stay in shared memory (`max_t ≥ t` entries), softmax in
+/// f32, `hd ≤ units`.
+///
+/// Scores: each unit owns keys `unit, unit + units, …` and reads a key's row as `hv` vectors
+/// issued together (unrolled). Weighted values: `units / hv` slots of `hv` units, slot `s`
+/// owning keys `s, s + slots, …`, four keys' loads in flight per step; a slot reads whole rows,
+/// so the loads of a warp are contiguous. The slots' sums are added through shared memory.
 #[cube(launch_unchecked)]
-fn decode_attention_kernel<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
+fn decode_attention_kernel<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
     out: &mut Tensor<F>,
     scale: f32,
     #[comptime] units: usize,
     #[comptime] max_t: usize,
+    #[comptime] hv: usize,
+    #[comptime] nv: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let heads = q.shape(1);
@@ -160,26 +188,32 @@ fn decode_attention_kernel<F: Float>(
     let bi = bh / heads;
     let g = (bh % heads) / (heads / kvh);
     let unit = UNIT_POS_X as usize;
+    // Element offsets of the (sequence, head) block and of one key; all multiples of `nv`.
     let kb = bi * k.stride(0) + g * k.stride(1);
     let vb = bi * v.stride(0) + g * v.stride(1);
     let ks = k.stride(2);
-    let kd = k.stride(3);
     let vs = v.stride(2);
-    let vd = v.stride(3);
-    let qb = bh * hd;
+    let qb = bh * hv;
     let mut scores = SharedMemory::<f32>::new(max_t);
-    let mut red = SharedMemory::<f32>::new(units);
+    let mut red = SharedMemory::<f32>::new(units * nv);
     let steps = t.div_ceil(units);
     // Scores and their maximum.
     let mut m = f32::new(-3.0e38);
     for s in 0..steps {
         let j = s * units + unit;
         if j < t {
-            let mut acc = 0.0f32;
-            for d in 0..hd {
-                acc += f32::cast_from(q[qb + d]) * f32::cast_from(k[kb + j * ks + d * kd]);
+            let row = (kb + j * ks) / nv;
+            let mut acc = Vector::<f32, N>::new(0.0f32);
+            #[unroll]
+            for d in 0..hv {
+                acc += Vector::<f32, N>::cast_from(q[qb + d]) * Vector::<f32, N>::cast_from(k[row + d]);
             }
-            let sc = acc * scale;
+            let mut dot = 0.0f32;
+            #[unroll]
+            for e in 0..acc.size() {
+                dot += acc[e];
+            }
+            let sc = dot * scale;
             scores[j] = sc;
             if sc > m {
                 m = sc;
@@ -211,28 +245,36 @@ fn decode_attention_kernel<F: Float>(
         }
     }
     let total = crate::cube::cube_sum(sum, units);
-    // Weighted values: `parts` groups of `hd` units, each over every `parts`-th key.
-    let parts = units / hd;
-    let d = unit % hd;
-    let part = unit / hd;
-    let mut acc = 0.0f32;
-    if part < parts {
-        let per = t.div_ceil(parts);
-        for s in 0..per {
-            let j = s * parts + part;
-            if j < t {
-                acc += scores[j] * f32::cast_from(v[vb + j * vs + d * vd]);
+    // Weighted values (`cube_sum` ended with a sync, so every score is written).
+    let slots = units / hv;
+    let slot = unit / hv;
+    let dv = unit % hv;
+    let mut acc = Vector::<f32, N>::new(0.0f32);
+    if slot < slots {
+        for s in 0..t.div_ceil(slots * 4) {
+            #[unroll]
+            for u in 0..4usize {
+                let j = (s * 4 + u) * slots + slot;
+                let ok = j < t;
+                let jj = select(ok, j, 0);
+                let p = select(ok, scores[jj], 0.0f32);
+                let val = Vector::<f32, N>::cast_from(v[(vb + jj * vs) / nv + dv]);
+                acc += val * Vector::<f32, N>::new(p);
             }
         }
     }
-    red[unit] = acc;
+    #[unroll]
+    for e in 0..acc.size() {
+        red[unit * nv + e] = acc[e];
+    }
     sync_cube();
     if unit < hd {
+        // Element `unit` of the row is element `unit % nv` of vector `unit / nv`.
         let mut o = 0.0f32;
-        for p in 0..parts {
-            o += red[p * hd + d];
+        for p in 0..slots {
+            o += red[p * hd + unit];
         }
-        out[qb + d] = F::cast_from(o / total);
+        out[bh * hd + unit] = F::cast_from(o / total);
     }
 }
 
@@ -332,7 +374,12 @@ fn skinny_linear_kernel<F: Float, N: Size>(
 /// Backends with the fused decoder kernels.
 pub(crate) trait FusedBackend: Backend {
     /// RMSNorm of `x [rows, h]` with `gain [h]` → `[rows, h]` (see [`rms_norm_kernel`]).
-    fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2>;
+    fn fused_rms_norm(
+        x: BurnTensor<Self, 2>,
+        delta: Option<BurnTensor<Self, 2>>,
+        gain: BurnTensor<Self, 1>,
+        eps: f64,
+    ) -> (BurnTensor<Self, 2>, BurnTensor<Self, 2>);
     /// `silu(gate) · up`, both `[rows, n]` → `[rows, n]` (see [`silu_mul_kernel`]).
     fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2>;
     /// RoPE and cache write (see [`rope_kv_kernel`] and [`RopeKv`]).
@@ -350,6 +397,13 @@ pub(crate) trait FusedBackend: Backend {
     fn fused_skinny_linear(
         x: BurnTensor<Self, 2>,
         w: BurnTensor<Self, 2>,
+    ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>>;
+    /// `silu(x · gateᵀ) · (x · upᵀ)` for `x [m, k]`, `gate`, `up [n, k]` → `[m, n]` in one
+    /// launch where the matrix-unit kernel runs (see [`super::mma`]); `Err(x)` otherwise.
+    fn fused_swiglu(
+        x: BurnTensor<Self, 2>,
+        gate: BurnTensor<Self, 2>,
+        up: BurnTensor<Self, 2>,
     ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>>;
 }
 
@@ -400,29 +454,46 @@ fn per_element(len: usize) -> (CubeCount, CubeDim) {
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBackend
     for CubeBackend<R, F, I, BT>
 {
-    fn fused_rms_norm(x: BurnTensor<Self, 2>, gain: BurnTensor<Self, 1>, eps: f64) -> BurnTensor<Self, 2> {
+    fn fused_rms_norm(
+        x: BurnTensor<Self, 2>,
+        delta: Option<BurnTensor<Self, 2>>,
+        gain: BurnTensor<Self, 1>,
+        eps: f64,
+    ) -> (BurnTensor<Self, 2>, BurnTensor<Self, 2>) {
         let rows = x.dims()[0];
+        let add = delta.is_some();
         let (x, gain) = (contiguous(x), contiguous(gain));
+        let delta = delta.map_or_else(|| x.clone(), contiguous);
         let out = empty(&x, x.meta.shape().clone(), x.dtype);
+        // Without `add` the kernel writes no sums: a one-element buffer stands in.
+        let sum = if add {
+            empty(&x, x.meta.shape().clone(), x.dtype)
+        } else {
+            empty(&x, [1], x.dtype)
+        };
         let dtype = x.dtype.into();
         // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS_X <
-        // rows` of contiguous `[rows, h]` tensors (gain `[h]`); the shared array has `UNITS`
-        // entries, indexed by `UNIT_POS_X < UNITS`.
+        // rows` of contiguous `[rows, h]` tensors (gain `[h]`; `delta` and `sum` are that shape
+        // whenever `add` reads or writes them); the shared array has `UNITS` entries, indexed by
+        // `UNIT_POS_X < UNITS`.
         unsafe {
             rms_norm_kernel::launch_unchecked::<R>(
                 &x.client.clone(),
                 CubeCount::Static(rows as u32, 1, 1),
                 CubeDim::new_1d(UNITS as u32),
                 x.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
                 gain.clone().into_tensor_arg(),
+                sum.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 eps as f32,
                 UNITS,
+                add,
                 dtype,
             );
         }
-        drop((x, gain));
-        float(out)
+        drop((delta, gain));
+        (float(if add { sum } else { x }), float(out))
     }
 
     fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2> {
@@ -505,18 +576,46 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
     ) -> BurnTensor<Self, 4> {
         let [b, h, _, hd] = q.dims();
         let q = contiguous(q);
-        let (k, v) = (k.into_primitive().tensor(), v.into_primitive().tensor());
+        // Keys and values are read as rows of `hd` elements: a last stride other than 1 (never
+        // the cache's) is made contiguous first.
+        let row_major = |t: CubeTensor<R>| {
+            if t.meta.strides()[3] == 1 {
+                t
+            } else {
+                into_contiguous(t)
+            }
+        };
+        let (k, v) = (
+            row_major(k.into_primitive().tensor()),
+            row_major(v.into_primitive().tensor()),
+        );
         let out = empty(&q, q.meta.shape().clone(), q.dtype);
         let dtype = q.dtype.into();
-        // SAFETY: cube `bh < b·h` reads `q`/writes `out` at `bh·hd + d`, `d < hd` (contiguous
-        // `[b, h, 1, hd]`); `k`, `v` are read through their own strides at batch `bi < b`, head
-        // `g < kv`, key `j < t`, `d < hd`; shared `scores` has `max_t ≥ t` entries (the caller
-        // checks) and `red` `UNITS ≥ hd` entries (checked by the caller), indexed below them.
+        // The widest vector (at most 16 bytes) that divides `hd` and the other strides.
+        let vs = q
+            .client
+            .io_optimized_vector_sizes(q.dtype.size())
+            .filter(|n| {
+                hd % n == 0
+                    && [&k, &v]
+                        .iter()
+                        .all(|t| t.meta.strides()[..3].iter().all(|s| s % n == 0))
+            })
+            .max()
+            .unwrap_or(1);
+        // SAFETY: cube `bh < b·h` reads `q` at vectors `bh·hv + d`, `d < hv = hd / vs`
+        // (contiguous `[b, h, 1, hd]`) and writes `out` at `bh·hd + e`, `e < hd`; `k`, `v` are
+        // read at element offsets `bi·s0 + g·s1 + j·s2` (batch `bi < b`, head `g < kv`, key
+        // `j < t`; `j = 0` for the masked loads), all multiples of `vs`, plus vectors `d < hv`
+        // along their last axis (stride 1); shared `scores` has `max_t ≥ t` entries (the caller
+        // checks) and `red` `UNITS · vs ≥ hd` entries, indexed below them (`hd ≤ UNITS`,
+        // checked by the caller).
         unsafe {
             decode_attention_kernel::launch_unchecked::<R>(
                 &q.client.clone(),
                 CubeCount::Static((b * h) as u32, 1, 1),
                 CubeDim::new_1d(UNITS as u32),
+                vs,
                 q.clone().into_tensor_arg(),
                 k.clone().into_tensor_arg(),
                 v.clone().into_tensor_arg(),
@@ -524,6 +623,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
                 1.0 / (hd as f32).sqrt(),
                 UNITS,
                 max_t,
+                hd / vs,
+                vs,
                 dtype,
             );
         }
@@ -540,6 +641,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             return Err(x);
         }
         let (x, w) = (contiguous(x), contiguous(w));
+        // The matrix units where the device has them for the type (f16, bf16 on CUDA).
+        if let Some(out) = super::mma::launch(&x, &w) {
+            return Ok(float(out));
+        }
         // The widest vector (at most 16 bytes) that divides `k`.
         let vs = x
             .client
@@ -577,17 +682,33 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         drop((x, w));
         Ok(float(out))
     }
+
+    fn fused_swiglu(
+        x: BurnTensor<Self, 2>,
+        gate: BurnTensor<Self, 2>,
+        up: BurnTensor<Self, 2>,
+    ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>> {
+        if x.dims()[0] > SKINNY_MAX_ROWS {
+            return Err(x);
+        }
+        let (xc, gate, up) = (contiguous(x.clone()), contiguous(gate), contiguous(up));
+        match super::mma::launch_gated(&xc, &gate, &up) {
+            Some(out) => Ok(float(out)),
+            None => Err(x),
+        }
+    }
 }
 
 /// The LLaMA decoder's fused decode kernels for one backend, as function pointers: what
 /// [`crate::ArBackend::decoder_kernels`] hands out (`CubeBackend` has them, other backends none).
 #[doc(hidden)]
 pub struct DecoderKernels<B: Backend> {
-    rms_norm: fn(BurnTensor<B, 2>, BurnTensor<B, 1>, f64) -> BurnTensor<B, 2>,
+    rms_norm: RmsNormAdd<B>,
     silu_mul: fn(BurnTensor<B, 2>, BurnTensor<B, 2>) -> BurnTensor<B, 2>,
     rope_kv: fn(RopeKv<B>) -> Qkv<B>,
     decode_attention: DecodeAttention<B>,
     skinny_linear: SkinnyLinear<B>,
+    swiglu: Swiglu<B>,
 }
 
 /// The signature of [`FusedBackend::fused_decode_attention`].
@@ -595,6 +716,18 @@ type DecodeAttention<B> = fn(BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4
 
 /// The signature of [`FusedBackend::fused_skinny_linear`].
 type SkinnyLinear<B> = fn(BurnTensor<B, 2>, BurnTensor<B, 2>) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>>;
+
+/// The signature of [`FusedBackend::fused_rms_norm`].
+type RmsNormAdd<B> = fn(
+    BurnTensor<B, 2>,
+    Option<BurnTensor<B, 2>>,
+    BurnTensor<B, 1>,
+    f64,
+) -> (BurnTensor<B, 2>, BurnTensor<B, 2>);
+
+/// The signature of [`FusedBackend::fused_swiglu`].
+type Swiglu<B> =
+    fn(BurnTensor<B, 2>, BurnTensor<B, 2>, BurnTensor<B, 2>) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>>;
 
 /// The kernels of a backend that has them.
 pub(crate) fn decoder_kernels<B: FusedBackend>() -> DecoderKernels<B> {
@@ -604,6 +737,7 @@ pub(crate) fn decoder_kernels<B: FusedBackend>() -> DecoderKernels<B> {
         rope_kv: B::fused_rope_kv,
         decode_attention: B::fused_decode_attention,
         skinny_linear: B::fused_skinny_linear,
+        swiglu: B::fused_swiglu,
     }
 }
 
@@ -623,8 +757,25 @@ pub(crate) fn rms_norm<B: crate::ArBackend>(
     eps: f64,
 ) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
     match kernels::<B>() {
-        Some(k) => Ok((k.rms_norm)(x, gain.clone(), eps)),
+        Some(k) => Ok((k.rms_norm)(x, None, gain.clone(), eps).1),
         None => Err(x),
+    }
+}
+
+/// Two `[rows, h]` tensors: `(x, delta)` in, `(sum, norm)` out of [`add_rms_norm`].
+type Pair<B> = (BurnTensor<B, 2>, BurnTensor<B, 2>);
+
+/// The residual sum `s = x + delta` (`[rows, h]` each) and RMSNorm of `s` with `gain [h]` in one
+/// launch: `Ok((s, norm(s)))`; `Err((x, delta))` on other backends.
+pub(crate) fn add_rms_norm<B: crate::ArBackend>(
+    x: BurnTensor<B, 2>,
+    delta: BurnTensor<B, 2>,
+    gain: &BurnTensor<B, 1>,
+    eps: f64,
+) -> Result<Pair<B>, Pair<B>> {
+    match kernels::<B>() {
+        Some(k) if x.dims() == delta.dims() => Ok((k.rms_norm)(x, Some(delta), gain.clone(), eps)),
+        _ => Err((x, delta)),
     }
 }
 
@@ -711,6 +862,23 @@ pub(crate) fn skinny_linear<B: crate::ArBackend>(
     }
 }
 
+/// `silu(x · gateᵀ) · (x · upᵀ)` for `x [m, k]`, `gate`, `up [n, k]` (HF's `[out, in]`) →
+/// `[m, n]` in one launch, for `m ≤` [`SKINNY_MAX_ROWS`] where the matrix-unit kernel runs
+/// (f16/bf16 on CUDA, `k % 32 == 0`); `Err(x)` otherwise.
+pub(crate) fn swiglu<B: crate::ArBackend>(
+    x: BurnTensor<B, 2>,
+    gate: &BurnTensor<B, 2>,
+    up: &BurnTensor<B, 2>,
+) -> Result<BurnTensor<B, 2>, BurnTensor<B, 2>> {
+    if x.dims()[0] > SKINNY_MAX_ROWS || x.dims()[1] != gate.dims()[1] || gate.dims() != up.dims() {
+        return Err(x);
+    }
+    match kernels::<B>() {
+        Some(k) => (k.swiglu)(x, gate.clone(), up.clone()),
+        None => Err(x),
+    }
+}
+
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
     use burn::tensor::{DType, Distribution, Tensor};
@@ -758,6 +926,7 @@ mod tests {
             let want = reference(x.clone(), gain.clone(), 1e-6);
             let xh = host(x.clone());
             let gh = host(gain.clone());
+            let x2 = x.clone();
             let got = super::rms_norm(x, &gain, 1e-6).unwrap_or_else(|_| panic!("kernel not routed"));
             let goth = host(got.clone());
             let wanth = host(want.clone());
@@ -775,6 +944,24 @@ mod tests {
             assert!(
                 ek <= f64::from(tol).max(eo),
                 "rows {rows}, h {h}: kernel error {ek}, tensor ops {eo} (against f64, tolerance {tol})"
+            );
+            // The residual add folded in: the sum as the tensor op rounds it, and the norm of
+            // that sum exactly as the kernel without the add computes it.
+            let d = own::<B, _>(Tensor::<B, 2>::random(
+                [rows, h],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            ));
+            let want_sum = x2.clone() + d.clone();
+            let (sum, y) =
+                super::add_rms_norm(x2, d, &gain, 1e-6).unwrap_or_else(|_| panic!("kernel not routed"));
+            let alone = super::rms_norm(want_sum.clone(), &gain, 1e-6)
+                .unwrap_or_else(|_| panic!("kernel not routed"));
+            assert_eq!(host(sum), host(want_sum), "rows {rows}, h {h}: residual sum");
+            assert_eq!(
+                host(y),
+                host(alone),
+                "rows {rows}, h {h}: norm of the residual sum"
             );
         }
     }
@@ -924,9 +1111,17 @@ mod tests {
     /// cube's 256 units.
     fn check_attention<B: crate::ArBackend>(tol: f64) {
         let device = Default::default();
-        let (b, h, kv, hd, cap) = (2, 4, 2, 16, 600);
+        let (b, h, kv, cap) = (2, 4, 2, 600);
         let normal = Distribution::Normal(0.0, 1.0);
-        for t in [1, 37, 256, 517] {
+        for (hd, t) in [
+            (16, 1),
+            (16, 37),
+            (16, 256),
+            (16, 517),
+            (128, 5),
+            (128, 300),
+            (8, 70),
+        ] {
             let q = own::<B, _>(Tensor::<B, 4>::random([b, h, 1, hd], normal, &device));
             let kc = own::<B, _>(Tensor::<B, 4>::random([b, kv, cap, hd], normal, &device));
             let vc = own::<B, _>(Tensor::<B, 4>::random([b, kv, cap, hd], normal, &device));
@@ -957,7 +1152,7 @@ mod tests {
             }
             assert!(
                 err <= tol,
-                "t = {t}: attention error {err} against f64 (tolerance {tol})"
+                "hd = {hd}, t = {t}: attention error {err} against f64 (tolerance {tol})"
             );
         }
     }

@@ -146,6 +146,33 @@ impl<B: ArBackend> RmsNorm<B> {
         };
         normed * self.weight.val().unsqueeze::<3>()
     }
+
+    /// The residual sum `s = x + delta` (when `delta` is given, else `s = x`) and its norm:
+    /// `(s, norm(s))`, each `[b, n, h]`. On the fused decode path one launch does both.
+    pub(crate) fn forward_add(
+        &self,
+        x: Tensor<B, 3>,
+        delta: Option<Tensor<B, 3>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let Some(delta) = delta else {
+            return (x.clone(), self.forward(x));
+        };
+        #[cfg(feature = "cubecl")]
+        let (x, delta) = {
+            let [b, n, h] = x.dims();
+            match super::fused::add_rms_norm(
+                x.reshape([b * n, h]),
+                delta.reshape([b * n, h]),
+                &self.weight.val(),
+                self.eps,
+            ) {
+                Ok((s, y)) => return (s.reshape([b, n, h]), y.reshape([b, n, h])),
+                Err((x, delta)) => (x.reshape([b, n, h]), delta.reshape([b, n, h])),
+            }
+        };
+        let s = x + delta;
+        (s.clone(), self.forward(s))
+    }
 }
 
 /// The rotate-half RoPE tables for positions `start..start + n`: `(cos, sin)`, each `[n, head_dim]`,
@@ -364,6 +391,21 @@ impl<B: ArBackend> Mlp<B> {
     }
 
     pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Decode steps without adapters: gate, up and SwiGLU in one launch where it runs.
+        #[cfg(feature = "cubecl")]
+        let x = {
+            let [b, n, h] = x.dims();
+            match (&self.gate_proj.lora, &self.up_proj.lora) {
+                (None, None) if b * n <= super::fused::SKINNY_MAX_ROWS => {
+                    let (wg, wu) = (self.gate_proj.weight.val(), self.up_proj.weight.val());
+                    match super::fused::swiglu(x.reshape([b * n, h]), &wg, &wu) {
+                        Ok(y) => return self.down_proj.forward(y.reshape([b, n, wg.dims()[0]])),
+                        Err(x) => x.reshape([b, n, h]),
+                    }
+                }
+                _ => x,
+            }
+        };
         let g = self.gate_proj.forward(x.clone());
         let u = self.up_proj.forward(x);
         #[cfg(feature = "cubecl")]
@@ -397,16 +439,20 @@ impl<B: ArBackend> DecoderLayer<B> {
         }
     }
 
+    /// The layer on `x + pending` (`[b, n, hidden]`; `pending` is the previous layer's MLP
+    /// output, not yet added): `(x', delta)` whose sum is the layer's output. Each residual add
+    /// is left to the norm that follows it, which on the fused decode path does both in one
+    /// launch.
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
+        pending: Option<Tensor<B, 3>>,
         step: &Step<B>,
         cache: Option<&mut LayerCache<B>>,
-    ) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), step, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (x, normed) = self.input_layernorm.forward_add(x, pending);
+        let attn = self.self_attn.forward(normed, step, cache);
+        let (x, normed) = self.post_attention_layernorm.forward_add(x, Some(attn));
+        (x, self.mlp.forward(normed))
     }
 }

@@ -13,6 +13,8 @@ mod fused;
 mod generate;
 mod layers;
 mod lora;
+#[cfg(feature = "cubecl")]
+mod mma;
 mod model;
 mod train;
 

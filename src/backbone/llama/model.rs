@@ -369,14 +369,18 @@ impl<B: ArBackend> Llama<B> {
             sin: sin.unsqueeze::<4>(),
         };
         let mut x = embedding(self.embed_tokens.val(), tokens);
+        // Each layer's last residual add happens in the next norm (see `DecoderLayer::forward`).
+        let mut pending = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &step, lc);
+            let (next, delta) = layer.forward(x, pending, &step, lc);
+            x = next;
+            pending = Some(delta);
         }
         if let Some(c) = cache {
             c.len = start + n;
         }
-        self.norm.forward(x)
+        self.norm.forward_add(x, pending).1
     }
 
     /// Logits `[b, n, vocab]` of final hidden states `[b, n, hidden]`.
