@@ -182,8 +182,8 @@ fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] e: usize) -> Vector<F, C
 }
 
 /// The geometry of a launch: `AR_REFINE_SKINNY_MMA=nt,warps,unroll` in the environment (read
-/// once) for measuring, else the default (see [`launch`]); `AR_REFINE_SKINNY_MMA=0` turns the
-/// kernel off (the CUDA-core kernel runs).
+/// once) for measuring, else the default (see [`launch`]; also for values out of range);
+/// `AR_REFINE_SKINNY_MMA=0` turns the kernel off (the CUDA-core kernel runs).
 fn geometry() -> Option<Geometry> {
     static SET: std::sync::OnceLock<Option<Geometry>> = std::sync::OnceLock::new();
     *SET.get_or_init(|| {
@@ -200,8 +200,13 @@ fn geometry() -> Option<Geometry> {
         }
         let p: Vec<usize> = v.split(',').filter_map(|s| s.trim().parse().ok()).collect();
         match p[..] {
+            // At most 48 tile-warps: the gated form's shared memory, `warps · 2 · nt · 512` bytes,
+            // stays within the 48 KB every CUDA device gives a cube.
             [nt, warps, unroll]
-                if (1..=8).contains(&nt) && (1..=16).contains(&warps) && (1..=8).contains(&unroll) =>
+                if (1..=8).contains(&nt)
+                    && (1..=16).contains(&warps)
+                    && (1..=8).contains(&unroll)
+                    && nt * warps <= 48 =>
             {
                 Some(Geometry { nt, warps, unroll })
             }
