@@ -52,3 +52,13 @@ pub(crate) fn float<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
 ) -> Tensor<CubeBackend<R, F, I, BT>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
+
+/// The widest vector size (elements, at most 16 bytes of `t`'s type) the device loads well for
+/// which `fits` holds; 1 when none does.
+pub(crate) fn vector_size<R: CubeRuntime>(t: &CubeTensor<R>, fits: impl Fn(usize) -> bool) -> usize {
+    t.client
+        .io_optimized_vector_sizes(t.dtype.size())
+        .filter(|&n| fits(n))
+        .max()
+        .unwrap_or(1)
+}

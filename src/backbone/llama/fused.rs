@@ -31,7 +31,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use crate::cube::{contiguous, empty, float};
+use crate::cube::{contiguous, empty, float, vector_size};
 
 /// Units per cube of [`rms_norm_kernel`]: one cube normalises one row.
 const UNITS: usize = 256;
@@ -592,17 +592,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         let out = empty(&q, q.meta.shape().clone(), q.dtype);
         let dtype = q.dtype.into();
         // The widest vector (at most 16 bytes) that divides `hd` and the other strides.
-        let vs = q
-            .client
-            .io_optimized_vector_sizes(q.dtype.size())
-            .filter(|n| {
-                hd % n == 0
-                    && [&k, &v]
-                        .iter()
-                        .all(|t| t.meta.strides()[..3].iter().all(|s| s % n == 0))
-            })
-            .max()
-            .unwrap_or(1);
+        let vs = vector_size(&q, |n| {
+            hd % n == 0
+                && [&k, &v]
+                    .iter()
+                    .all(|t| t.meta.strides()[..3].iter().all(|s| s % n == 0))
+        });
         // SAFETY: cube `bh < b·h` reads `q` at vectors `bh·hv + d`, `d < hv = hd / vs`
         // (contiguous `[b, h, 1, hd]`) and writes `out` at `bh·hd + e`, `e < hd`; `k`, `v` are
         // read at element offsets `bi·s0 + g·s1 + j·s2` (batch `bi < b`, head `g < kv`, key
@@ -646,12 +641,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             return Ok(float(out));
         }
         // The widest vector (at most 16 bytes) that divides `k`.
-        let vs = x
-            .client
-            .io_optimized_vector_sizes(x.dtype.size())
-            .filter(|v| k % *v == 0)
-            .max()
-            .unwrap_or(1);
+        let vs = vector_size(&x, |n| k % n == 0);
         // Outputs per group: more rows of `x` reuse each weight vector more, so a group takes
         // fewer outputs to keep its `m · r` accumulators in registers.
         let (r, groups) = skinny_geometry(m);
@@ -688,9 +678,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
         gate: BurnTensor<Self, 2>,
         up: BurnTensor<Self, 2>,
     ) -> Result<BurnTensor<Self, 2>, BurnTensor<Self, 2>> {
-        if x.dims()[0] > SKINNY_MAX_ROWS {
+        // Only the matrix-unit kernel has the gated form: where it cannot run (f32, wgpu, `k`
+        // not a multiple of 32, more than 16 rows), give up before copying anything.
+        let ([m, k], [n, kg]) = (x.dims(), gate.dims());
+        let p = x.clone().into_primitive().tensor();
+        if up.dims() != [n, kg] || kg != k || !super::mma::available(&p.client, p.dtype, m, k) {
             return Err(x);
         }
+        drop(p);
         let (xc, gate, up) = (contiguous(x.clone()), contiguous(gate), contiguous(up));
         match super::mma::launch_gated(&xc, &gate, &up) {
             Some(out) => Ok(float(out)),

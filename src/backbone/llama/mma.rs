@@ -238,6 +238,18 @@ fn has_mma<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, dtype: bur
         })
 }
 
+/// Whether [`launch`] and [`launch_gated`] run for `m` rows of `k` elements of type `dtype` on
+/// `client`'s device: the device has the `mma` for the type, `1 ≤ m ≤ 16`, `k` is a multiple of
+/// 32 and `AR_REFINE_SKINNY_MMA` is not `0`.
+pub(crate) fn available<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    dtype: burn::tensor::DType,
+    m: usize,
+    k: usize,
+) -> bool {
+    (1..=16).contains(&m) && k.is_multiple_of(32) && geometry().is_some() && has_mma(client, dtype)
+}
+
 /// `x [m, k] · wᵀ` (`w [n, k]`, both contiguous, one float type) into a new `[m, n]` tensor on
 /// the matrix units, when the device has the `mma` for the type, `1 ≤ m ≤ 16` and `k` is a
 /// multiple of 32; `None` otherwise (the caller runs the CUDA-core kernel). Default geometry:
@@ -268,7 +280,7 @@ fn run<R: CubeRuntime>(
 ) -> Option<CubeTensor<R>> {
     let (m, k) = (x.meta.shape()[0], x.meta.shape()[1]);
     let n = w.meta.shape()[0];
-    if m == 0 || m > 16 || k % 32 != 0 || x.dtype != w.dtype || !has_mma(&x.client, x.dtype) {
+    if x.dtype != w.dtype || !available(&x.client, x.dtype, m, k) {
         return None;
     }
     let geo = geometry()?;
