@@ -15,8 +15,8 @@
 
 #[path = "common/args.rs"]
 mod args;
-
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use ar_refine::decode::{nearest_codes, Metric};
 use ar_refine::tokenizer::{
@@ -29,45 +29,14 @@ use burn::module::AutodiffModule;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use timing::{row, time};
 
 type B = Cuda;
 type A = Autodiff<Cuda>;
 
 const USAGE: &str =
     "vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend] [--layers-only] [--pieces]";
-
-/// Median milliseconds of `reps` runs of `f` (after two warm-up runs), each ended by a sync.
-fn time(device: &burn::tensor::Device<B>, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..2 {
-        f();
-        B::sync(device).expect("device sync");
-    }
-    let mut ms: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            B::sync(device).expect("device sync");
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    // a panic of the CUDA runtime's worker (a failed allocation) leaves garbage timings: stop
-    if let Err(e) = ar_refine::check_device() {
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
-    ms.sort_by(f64::total_cmp);
-    ms[ms.len() / 2]
-}
-
-fn row(what: &str, ms: f64, gflop: Option<f64>) {
-    let mut v = serde_json::json!({ "what": what, "ms": (ms * 1000.0).round() / 1000.0 });
-    if let Some(g) = gflop {
-        v["tflops"] = serde_json::json!(((g / ms) * 100.0).round() / 100.0);
-    }
-    println!("{v}");
-}
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["layers-only", "pieces"])?;

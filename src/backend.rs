@@ -53,6 +53,29 @@ pub trait ArBackend: Backend {
         None
     }
 
+    /// Causal self-attention's forward and backward functions, or `None` (the default).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn causal_attention_kernels() -> Option<crate::backbone::CausalAttention<Self>> {
+        None
+    }
+
+    /// `softmax(q · kᵀ / √hd, causal) · v` of `q [b, h, n, hd]`, `k`, `v [b, h, n, hd]` for
+    /// training, or `None` for Burn's `attention`: the default. `Autodiff` of a backend with
+    /// [`causal_attention_kernels`](Self::causal_attention_kernels) runs them, recorded with
+    /// their own backward pass (inference keeps Burn's `attention`, whose tuned kernels need no
+    /// backward pass).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn causal_attention(
+        q: burn::tensor::Tensor<Self, 4>,
+        k: burn::tensor::Tensor<Self, 4>,
+        v: burn::tensor::Tensor<Self, 4>,
+    ) -> Option<burn::tensor::Tensor<Self, 4>> {
+        let _ = (q, k, v);
+        None
+    }
+
     /// `silu(group_norm(x))` of `x [n, c, h, w]` with `gamma`, `beta [c]` and `groups`
     /// dividing `c` (the caller checks the shapes) by the fused kernels, or `None` for tensor
     /// operations. By default the forward kernel of
@@ -110,6 +133,22 @@ impl<B: ArBackend, C: CheckpointStrategy> ArBackend for Autodiff<B, C> {
             kernels, x, gamma, beta, groups, eps,
         ))
     }
+
+    #[cfg(feature = "cubecl")]
+    fn causal_attention(
+        q: burn::tensor::Tensor<Self, 4>,
+        k: burn::tensor::Tensor<Self, 4>,
+        v: burn::tensor::Tensor<Self, 4>,
+    ) -> Option<burn::tensor::Tensor<Self, 4>> {
+        // the kernels' shapes: `k`, `v` alike, of `q`'s batch, heads and width, at least as
+        // many keys as queries
+        let ([b, h, nq, hd], [bk, hk, nk, hdk]) = (q.dims(), k.dims());
+        if !fused_enabled() || [bk, hk, hdk] != [b, h, hd] || v.dims() != k.dims() || nk < nq {
+            return None;
+        }
+        let kernels = B::causal_attention_kernels()?;
+        Some(recorded::causal_attention::<B, C>(kernels, q, k, v))
+    }
 }
 
 /// The fused `silu(group_norm(x))` recorded on `Autodiff`'s graph with its own backward pass.
@@ -123,6 +162,7 @@ mod recorded {
     use burn::tensor::backend::Backend;
     use burn::tensor::{Tensor, TensorPrimitive};
 
+    use crate::backbone::{CausalAttention, CausalSaved};
     use crate::tokenizer::{GroupNormSilu, GroupNormSiluSaved};
 
     /// The backward step: `B`'s backward function.
@@ -191,6 +231,53 @@ mod recorded {
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
+
+    /// The backward step of causal attention: `B`'s backward function.
+    struct Causal<B: Backend>(CausalAttention<B>);
+
+    impl<B: Backend> std::fmt::Debug for Causal<B> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("CausalAttention")
+        }
+    }
+
+    impl<B: Backend> Backward<B, 3> for Causal<B> {
+        type State = CausalSaved<B>;
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dout = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+            let g = (self.0.backward)(ops.state, dout);
+            for (parent, grad) in ops.parents.into_iter().zip(g) {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, grad.into_primitive().tensor());
+                }
+            }
+        }
+    }
+
+    /// Runs the forward function on the inner tensors and records the step (inputs and
+    /// attention weights saved) when any of `q`, `k`, `v` is tracked.
+    pub(super) fn causal_attention<B: Backend, C: CheckpointStrategy>(
+        kernels: CausalAttention<B>,
+        q: Tensor<Autodiff<B, C>, 4>,
+        k: Tensor<Autodiff<B, C>, 4>,
+        v: Tensor<Autodiff<B, C>, 4>,
+    ) -> Tensor<Autodiff<B, C>, 4> {
+        let [qp, kp, vp] = [q, k, v].map(|t| t.into_primitive().tensor());
+        let nodes = [qp.node.clone(), kp.node.clone(), vp.node.clone()];
+        let [qi, ki, vi] =
+            [qp, kp, vp].map(|t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t.primitive)));
+        let out = match Causal(kernels).prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, saved) = (kernels.forward)(qi, ki, vi);
+                prep.finish(saved, out.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish((kernels.forward)(qi, ki, vi).0.into_primitive().tensor())
+            }
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -223,6 +310,10 @@ where
 
     fn group_norm_silu_kernels() -> Option<crate::tokenizer::GroupNormSilu<Self>> {
         Some(crate::tokenizer::group_norm_silu_kernels())
+    }
+
+    fn causal_attention_kernels() -> Option<crate::backbone::CausalAttention<Self>> {
+        Some(crate::backbone::causal_attention_kernels())
     }
 }
 

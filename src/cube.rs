@@ -10,16 +10,35 @@ use cubecl::prelude::*;
 /// The sum of every unit's `value` over the cube (all units get it).
 #[cube]
 pub(crate) fn cube_sum(value: f32, #[comptime] units: usize) -> f32 {
+    cube_reduce(value, units, false)
+}
+
+/// The maximum of every unit's `value` over the cube (all units get it).
+#[cube]
+pub(crate) fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
+    cube_reduce(value, units, true)
+}
+
+/// The sum, or with `max` the maximum, of every unit's `value` over the cube of `units` units
+/// (all units get it; ends with a sync).
+#[cube]
+fn cube_reduce(value: f32, #[comptime] units: usize, #[comptime] max: bool) -> f32 {
     let unit = UNIT_POS_X as usize;
     let mut red = SharedMemory::<f32>::new(units);
     red[unit] = value;
     sync_cube();
     if unit == 0 {
-        let mut total = 0.0f32;
-        for j in 0..units {
-            total += red[j];
+        let mut acc = red[0];
+        for j in 1..units {
+            if comptime!(max) {
+                if red[j] > acc {
+                    acc = red[j];
+                }
+            } else {
+                acc += red[j];
+            }
         }
-        red[0] = total;
+        red[0] = acc;
     }
     sync_cube();
     let total = red[0];

@@ -8,7 +8,9 @@ mod score;
 
 pub use generate::generate_by_forward;
 #[cfg(feature = "cubecl")]
-pub(crate) use llama::{decoder_kernels, DecoderKernels};
+pub(crate) use llama::{
+    causal_attention_kernels, decoder_kernels, CausalAttention, CausalSaved, DecoderKernels,
+};
 pub use llama::{
     linear_t, lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama,
     LlamaConfig, LmTrainConfig, LoraConfig, ProjName, StepReport, TokenCallback, MAX_NEW_TOKENS,

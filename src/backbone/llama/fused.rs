@@ -220,20 +220,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
             }
         }
     }
-    red[unit] = m;
-    sync_cube();
-    if unit == 0 {
-        let mut best = red[0];
-        for i in 1..units {
-            if red[i] > best {
-                best = red[i];
-            }
-        }
-        red[0] = best;
-    }
-    sync_cube();
-    let mx = red[0];
-    sync_cube();
+    let mx = crate::cube::cube_max(m, units);
     // Exponentials and their sum.
     let mut sum = 0.0f32;
     for s in 0..steps {

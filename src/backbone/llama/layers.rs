@@ -353,6 +353,13 @@ impl<B: ArBackend> Attention<B> {
             // One new query sees every cached key: no mask.
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         } else if t == n {
+            // Training: the crate's causal attention with its own backward pass where the
+            // backend has it (`Autodiff` of a CubeCL backend), else Burn's.
+            #[cfg(feature = "cubecl")]
+            let (q, k, v) = match B::causal_attention(q.clone(), k.clone(), v.clone()) {
+                Some(out) => return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd])),
+                None => (q, k, v),
+            };
             let options = AttentionModuleOptions {
                 is_causal: true,
                 ..Default::default()

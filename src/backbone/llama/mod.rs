@@ -7,6 +7,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "cubecl")]
+mod causal;
 mod config;
 #[cfg(feature = "cubecl")]
 mod fused;
@@ -19,6 +21,8 @@ mod model;
 mod train;
 
 pub use cache::KvCache;
+#[cfg(feature = "cubecl")]
+pub(crate) use causal::{kernels as causal_attention_kernels, CausalAttention, CausalSaved};
 pub use config::LlamaConfig;
 #[cfg(feature = "cubecl")]
 pub(crate) use fused::{decoder_kernels, DecoderKernels};
