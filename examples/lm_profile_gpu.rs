@@ -18,7 +18,7 @@ mod args;
 #[path = "common/timing.rs"]
 mod timing;
 
-use ar_refine::backbone::{lm_loss, Llama, LlamaConfig};
+use ar_refine::backbone::{linear_t, lm_loss, Llama, LlamaConfig};
 use ar_refine::train::clip_grad_norm;
 use ar_refine::ArBackend;
 use args::{AnyResult, Args};
@@ -157,6 +157,22 @@ fn pieces(
             let _ = x.clone().matmul(w.clone()).sum().backward();
         }),
         Some(gf(d, d)),
+    );
+    let wt = leaf([d, d], device);
+    row(
+        "projection [tokens, hidden] · [hidden, hidden], linear_t (weight gradient split by rows)",
+        time(device, reps, || {
+            let _ = linear_t(x.clone(), wt.clone()).sum().backward();
+        }),
+        Some(gf(d, d)),
+    );
+    let wv = leaf([vocab, d], device);
+    row(
+        "logits projection, linear_t (weight gradient split by rows)",
+        time(device, reps, || {
+            let _ = linear_t(x.clone(), wv.clone()).sum().backward();
+        }),
+        Some(gf(d, vocab)),
     );
     let bf = |t: Tensor<A, 2>| t.cast(FloatDType::BF16);
     let (wg, wu, wd) = (

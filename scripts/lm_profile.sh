@@ -10,7 +10,7 @@ set -uo pipefail
 out=${OUT:-/tmp/lm-profile}
 mkdir -p "$out" .run
 # ours with the crate's kernels, then (-unfused) with AR_REFINE_FUSED=0: Burn's tensor operations
-for v in "" -unfused -autotune; do
+for v in "" -unfused ${AUTOTUNE--autotune}; do
     bin=".bin/lm_profile_gpu${v/-unfused/}.xz"
     [ -f "$bin" ] || continue
     xz -dc "$bin" > ".run/p$v" && chmod +x ".run/p$v"

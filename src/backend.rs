@@ -76,6 +76,30 @@ pub trait ArBackend: Backend {
         None
     }
 
+    /// Into how many row blocks the weight gradient `dyᵀ · x` of a projection (`dy [rows, n]`,
+    /// `x [rows, k]`) is split, the blocks' products summed (split-K): `1`, the default, keeps
+    /// Burn's one product. A product with a small `[n, k]` output and a long `rows` gives a GPU
+    /// too few output tiles to fill it.
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn weight_grad_chunks(rows: usize, n: usize, k: usize) -> usize {
+        let _ = (rows, n, k);
+        1
+    }
+
+    /// `x [rows, k] · w_tᵀ` (`w_t [n, k]`) → `[rows, n]`, recorded with a backward pass that
+    /// splits the weight gradient by [`weight_grad_chunks`](Self::weight_grad_chunks), or `None`
+    /// (the default, and whenever that is 1): Burn's product. `Autodiff` implements it.
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn linear_t_split(
+        x: burn::tensor::Tensor<Self, 2>,
+        w_t: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let _ = (x, w_t);
+        None
+    }
+
     /// `silu(group_norm(x))` of `x [n, c, h, w]` with `gamma`, `beta [c]` and `groups`
     /// dividing `c` (the caller checks the shapes) by the fused kernels, or `None` for tensor
     /// operations. By default the forward kernel of
@@ -148,6 +172,19 @@ impl<B: ArBackend, C: CheckpointStrategy> ArBackend for Autodiff<B, C> {
         }
         let kernels = B::causal_attention_kernels()?;
         Some(recorded::causal_attention::<B, C>(kernels, q, k, v))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn linear_t_split(
+        x: burn::tensor::Tensor<Self, 2>,
+        w_t: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let ([rows, k], [n, kw]) = (x.dims(), w_t.dims());
+        let chunks = B::weight_grad_chunks(rows, n, k);
+        if !fused_enabled() || k != kw || chunks <= 1 || !rows.is_multiple_of(chunks) {
+            return None;
+        }
+        Some(recorded::linear_t::<B, C>(x, w_t, chunks))
     }
 }
 
@@ -228,6 +265,57 @@ mod recorded {
             OpsKind::UnTracked(prep) => {
                 prep.finish(forward(xi, gi, bi, groups, eps).0.into_primitive().tensor())
             }
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    /// The backward step of `x · w_tᵀ` with the weight gradient split into `chunks` row blocks.
+    #[derive(Debug)]
+    struct SplitLinear;
+
+    impl<B: Backend> Backward<B, 2> for SplitLinear {
+        type State = (Tensor<B, 2>, Tensor<B, 2>, usize);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dy = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+            let (x, w_t, chunks) = ops.state;
+            let [px, pw] = ops.parents;
+            if let Some(node) = pw {
+                let ([rows, n], k) = (dy.dims(), x.dims()[1]);
+                let r = rows / chunks;
+                let dw = dy
+                    .clone()
+                    .reshape([chunks, r, n])
+                    .swap_dims(1, 2)
+                    .matmul(x.reshape([chunks, r, k]))
+                    .sum_dim(0)
+                    .reshape([n, k]);
+                grads.register::<B>(node.id, dw.into_primitive().tensor());
+            }
+            if let Some(node) = px {
+                grads.register::<B>(node.id, dy.matmul(w_t).into_primitive().tensor());
+            }
+        }
+    }
+
+    /// `x [rows, k] · w_tᵀ` on the inner tensors, recorded with [`SplitLinear`]'s backward
+    /// (`chunks` divides `rows`; the caller checks).
+    pub(crate) fn linear_t<B: Backend, C: CheckpointStrategy>(
+        x: Tensor<Autodiff<B, C>, 2>,
+        w_t: Tensor<Autodiff<B, C>, 2>,
+        chunks: usize,
+    ) -> Tensor<Autodiff<B, C>, 2> {
+        let [xp, wp] = [x, w_t].map(|t| t.into_primitive().tensor());
+        let nodes = [xp.node.clone(), wp.node.clone()];
+        let [xi, wi] = [xp, wp].map(|t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t.primitive)));
+        let y = xi
+            .clone()
+            .matmul(wi.clone().transpose())
+            .into_primitive()
+            .tensor();
+        let out = match SplitLinear.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((xi, wi, chunks), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
@@ -315,6 +403,14 @@ where
     fn causal_attention_kernels() -> Option<crate::backbone::CausalAttention<Self>> {
         Some(crate::backbone::causal_attention_kernels())
     }
+
+    /// Enough blocks for ~256 output tiles of 64 × 64 in all, each block at least 1,024 rows:
+    /// the largest divisor of `rows` up to that (the blocks are equal).
+    fn weight_grad_chunks(rows: usize, n: usize, k: usize) -> usize {
+        let tiles = n.div_ceil(64) * k.div_ceil(64);
+        let most = 256usize.div_ceil(tiles).min(rows / 1024).clamp(1, 32);
+        (1..=most).rev().find(|s| rows.is_multiple_of(*s)).unwrap_or(1)
+    }
 }
 
 /// The routes follow the impls: any element types of a CubeCL backend and its `Autodiff`
@@ -356,5 +452,63 @@ mod wgpu_routes {
         assert!(<Wgpu>::decoder_kernels().is_some() && Other::decoder_kernels().is_some());
         assert!(<Autodiff<Wgpu>>::decoder_kernels().is_none());
         assert!(NdArray::<f32>::decoder_kernels().is_none());
+    }
+}
+
+/// The split weight gradient against Burn's product under `Autodiff`: output and both gradients.
+#[cfg(all(test, feature = "wgpu"))]
+mod split_linear {
+    use burn::backend::{Autodiff, Wgpu};
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::ArBackend;
+
+    type Ad = Autodiff<Wgpu>;
+
+    fn host(t: Tensor<Wgpu, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn split_weight_gradient_matches_burn_wgpu() {
+        let device = Default::default();
+        let dist = Distribution::Normal(0.0, 1.0);
+        let (x, w) = (
+            Tensor::<Wgpu, 2>::random([48, 24], dist, &device),
+            Tensor::<Wgpu, 2>::random([40, 24], dist, &device),
+        );
+        let up = Tensor::<Ad, 2>::random([48, 40], dist, &device);
+        let run = |chunks: Option<usize>| {
+            let (x, w) = (
+                Tensor::<Ad, 2>::from_inner(x.clone()).require_grad(),
+                Tensor::<Ad, 2>::from_inner(w.clone()).require_grad(),
+            );
+            let y = match chunks {
+                Some(c) => super::recorded::linear_t(x.clone(), w.clone(), c),
+                None => x.clone().matmul(w.clone().transpose()),
+            };
+            let grads = (y.clone() * up.clone()).sum().backward();
+            [
+                host(y.inner()),
+                host(x.grad(&grads).unwrap()),
+                host(w.grad(&grads).unwrap()),
+            ]
+        };
+        let plain = run(None);
+        for chunks in [1, 4, 6] {
+            for (what, (a, e)) in ["y", "dx", "dw"].iter().zip(run(Some(chunks)).iter().zip(&plain)) {
+                let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(e).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{what} with {chunks} blocks: {diff} of {scale}"
+                );
+            }
+        }
+        // the small backbone's projections split 16 ways; short or prime-length inputs not
+        assert_eq!(<Wgpu>::weight_grad_chunks(24_560, 256, 256), 16);
+        assert_eq!(<Wgpu>::weight_grad_chunks(1_000, 256, 256), 1);
+        assert_eq!(<Wgpu>::weight_grad_chunks(4_099, 256, 256), 1);
+        assert_eq!(<Ad>::weight_grad_chunks(24_560, 256, 256), 1);
     }
 }

@@ -104,6 +104,17 @@ pub fn linear_t<B: ArBackend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>
             };
         }
     }
+    #[cfg(feature = "cubecl")]
+    {
+        // Training: a weight gradient split into row blocks where the backend asks for it.
+        let mut dims = x.dims();
+        let k = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        dims[D - 1] = w_t.dims()[0];
+        if let Some(y) = B::linear_t_split(x.clone().reshape([rows, k]), w_t.clone()) {
+            return y.reshape(dims);
+        }
+    }
     flat_matmul(x, w_t.transpose())
 }
 
