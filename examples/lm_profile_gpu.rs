@@ -192,6 +192,23 @@ fn pieces(
         }),
         Some(3.0 * gf(d, inter)),
     );
+    let (wg_t, wu_t, wd_t) = (
+        leaf([inter, d], device),
+        leaf([inter, d], device),
+        leaf([d, inter], device),
+    );
+    row(
+        "MLP as the layers run it (linear_t, ArBackend::silu_mul kernels)",
+        time(device, reps, || {
+            let (gate, up) = (
+                linear_t(x.clone(), wg_t.clone()),
+                linear_t(x.clone(), wu_t.clone()),
+            );
+            let h = A::silu_mul(gate.clone(), up.clone()).unwrap_or_else(|| silu(gate) * up);
+            let _ = linear_t(h, wd_t.clone()).sum().backward();
+        }),
+        Some(3.0 * gf(d, inter)),
+    );
     // normalisation and position
     let g = leaf([d], device);
     row(
@@ -199,6 +216,15 @@ fn pieces(
         time(device, reps, || {
             let r = (x.clone().powi_scalar(2).mean_dim(1) + 1e-5).sqrt().recip();
             let _ = (x.clone() * r * g.clone().unsqueeze::<2>()).sum().backward();
+        }),
+        None,
+    );
+    row(
+        "RMSNorm (ArBackend::rms_norm kernels)",
+        time(device, reps, || {
+            if let Some(y) = A::rms_norm(x.clone(), g.clone(), 1e-5) {
+                let _ = y.sum().backward();
+            }
         }),
         None,
     );
@@ -218,6 +244,16 @@ fn pieces(
         }),
         None,
     );
+    let [cos2, sin2] = [&cos, &sin].map(|t| t.clone().reshape([n, hd]));
+    row(
+        "RoPE on q from the projection's layout (ArBackend::rope kernels)",
+        time(device, reps, || {
+            if let Some(r) = A::rope(x.clone(), cos2.clone(), sin2.clone()) {
+                let _ = r.sum().backward();
+            }
+        }),
+        None,
+    );
     // attention
     let agf = 3.0 * 2.0 * 2.0 * (b * heads * n * n * hd) as f64 / 1e9;
     let causal = AttentionModuleOptions {
@@ -233,15 +269,17 @@ fn pieces(
         }),
         Some(agf),
     );
-    row(
-        "attention, ar_refine causal kernels (ArBackend::causal_attention, one layer)",
-        time(device, reps, || {
-            if let Some(out) = A::causal_attention(q.clone(), k.clone(), v.clone()) {
-                let _ = out.sum().backward();
-            }
-        }),
-        Some(agf),
-    );
+    for chunks in [1, 2, 4, 8] {
+        row(
+            &format!("attention, ar_refine causal kernels (ArBackend::causal_attention, one layer), {chunks} query chunks"),
+            time(device, reps, || {
+                if let Some(out) = A::causal_attention(q.clone(), k.clone(), v.clone(), Some(chunks)) {
+                    let _ = out.sum().backward();
+                }
+            }),
+            Some(agf),
+        );
+    }
     let mask = Tensor::<A, 2, Bool>::tril_mask([n, n], 0, device).unsqueeze::<4>();
     row(
         "attention, matmul + mask_fill + softmax + matmul (one layer)",

@@ -16,11 +16,13 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 /// - `CubeBackend<R, F, I, BT>` of `burn-cubecl` (features `wgpu`, `cuda`), for every runtime
 ///   and element type, so for `burn::backend::Wgpu` and `burn::backend::Cuda` in f32, f16 and
 ///   bf16: the nearest-code kernel of [`crate::decode::cube`], the LLaMA decoder's fused decode
-///   kernels and the tokenizer's fused `silu(group_norm(x))`;
+///   kernels, chunked causal attention for prefill and the tokenizer's fused
+///   `silu(group_norm(x))`;
 /// - `Autodiff<B>` of every `ArBackend` `B`: nearest-code search runs `B`'s kernel on the inner
-///   tensors (token ids carry no gradient); `silu(group_norm(x))` runs `B`'s kernels, recorded on
-///   the graph with their own backward pass; the decoder kernels have no backward pass, so the
-///   LLaMA layers take Burn's tensor operations there;
+///   tensors (token ids carry no gradient); `silu(group_norm(x))` and the LLaMA layers' training
+///   kernels (causal attention, RMSNorm, `silu(gate) · up`, RoPE, split weight gradients) run
+///   `B`'s kernels, recorded on the graph with their own backward passes; the decode-step kernels
+///   have none, so decoding under `Autodiff` takes Burn's tensor operations;
 /// - `NdArray` (feature `ndarray`): Burn's tensor operations throughout.
 ///
 /// A backend of your own opts in with an empty impl, `impl ArBackend for MyBackend {}`, and
@@ -60,19 +62,22 @@ pub trait ArBackend: Backend {
         None
     }
 
-    /// `softmax(q · kᵀ / √hd, causal) · v` of `q [b, h, n, hd]`, `k`, `v [b, h, n, hd]` for
-    /// training, or `None` for Burn's `attention`: the default. `Autodiff` of a backend with
-    /// [`causal_attention_kernels`](Self::causal_attention_kernels) runs them, recorded with
-    /// their own backward pass (inference keeps Burn's `attention`, whose tuned kernels need no
-    /// backward pass).
+    /// `softmax(q · kᵀ / √hd, causal) · v` of `q [b, h, nq, hd]`, `k`, `v [b, h, nk, hd]`
+    /// (`nk ≥ nq`) for training, or `None` for Burn's `attention`: the default. `Autodiff` of a
+    /// backend with [`causal_attention_kernels`](Self::causal_attention_kernels) runs them,
+    /// recorded with their own backward pass, in `chunks` query chunks of `⌈nq / chunks⌉`
+    /// (`1..=nq`; `None`: one per 256 queries, at most 4), each against only the keys it sees.
+    /// A CubeCL backend itself runs the forward kernels alone (inference), except when built
+    /// with Burn's tuner.
     #[cfg(feature = "cubecl")]
     #[doc(hidden)]
     fn causal_attention(
         q: burn::tensor::Tensor<Self, 4>,
         k: burn::tensor::Tensor<Self, 4>,
         v: burn::tensor::Tensor<Self, 4>,
+        chunks: Option<usize>,
     ) -> Option<burn::tensor::Tensor<Self, 4>> {
-        let _ = (q, k, v);
+        let _ = (q, k, v, chunks);
         None
     }
 
@@ -97,6 +102,55 @@ pub trait ArBackend: Backend {
         w_t: burn::tensor::Tensor<Self, 2>,
     ) -> Option<burn::tensor::Tensor<Self, 2>> {
         let _ = (x, w_t);
+        None
+    }
+
+    /// RMSNorm's, `silu(a) · u`'s and RoPE's forward and backward functions for training, or
+    /// `None` (the default).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn training_kernels() -> Option<crate::backbone::TrainKernels<Self>> {
+        None
+    }
+
+    /// RMSNorm of `x [rows, h]` with `gain [h]` for training, or `None` for tensor operations
+    /// (the default). `Autodiff` of a backend with
+    /// [`training_kernels`](Self::training_kernels) runs them, recorded with their own backward
+    /// pass (inference takes the decode kernels).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn rms_norm(
+        x: burn::tensor::Tensor<Self, 2>,
+        gain: burn::tensor::Tensor<Self, 1>,
+        eps: f64,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let _ = (x, gain, eps);
+        None
+    }
+
+    /// `silu(a) · u` of `a`, `u [rows, n]` for training, or `None` (the default); as
+    /// [`rms_norm`](Self::rms_norm).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn silu_mul(
+        a: burn::tensor::Tensor<Self, 2>,
+        u: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let _ = (a, u);
+        None
+    }
+
+    /// RoPE (HF's rotate-half form) of `x [b·n, heads·hd]` (a projection's output, tokens
+    /// `t = bi·n + i` in rows) at positions with `cos`, `sin [n, hd]`, laid out by heads:
+    /// `[b·heads·n, hd]`; or `None` (the default). As [`rms_norm`](Self::rms_norm).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn rope(
+        x: burn::tensor::Tensor<Self, 2>,
+        cos: burn::tensor::Tensor<Self, 2>,
+        sin: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let _ = (x, cos, sin);
         None
     }
 
@@ -126,6 +180,22 @@ pub trait ArBackend: Backend {
 pub(crate) fn fused_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("AR_REFINE_FUSED").is_none_or(|v| v != "0"))
+}
+
+/// The query chunks of causal attention over `q [b, h, nq, hd]`, `k`, `v [b, h, nk, hd]` when the
+/// kernels can take these shapes (`k`, `v` alike, of `q`'s batch, heads and width, `nk ≥ nq`,
+/// `1..=nq` chunks, the kernels enabled); `None` otherwise.
+#[cfg(feature = "cubecl")]
+fn causal_shapes<B: Backend>(
+    q: &burn::tensor::Tensor<B, 4>,
+    k: &burn::tensor::Tensor<B, 4>,
+    v: &burn::tensor::Tensor<B, 4>,
+    chunks: Option<usize>,
+) -> Option<usize> {
+    let ([b, h, nq, hd], [bk, hk, nk, hdk]) = (q.dims(), k.dims());
+    let chunks = chunks.unwrap_or_else(|| crate::backbone::causal_chunks(nq));
+    let fits = [bk, hk, hdk] == [b, h, hd] && v.dims() == k.dims() && nk >= nq;
+    (fused_enabled() && fits && (1..=nq).contains(&chunks)).then_some(chunks)
 }
 
 /// An [`ArBackend`] with automatic differentiation whose inner backend is an [`ArBackend`] too:
@@ -163,15 +233,53 @@ impl<B: ArBackend, C: CheckpointStrategy> ArBackend for Autodiff<B, C> {
         q: burn::tensor::Tensor<Self, 4>,
         k: burn::tensor::Tensor<Self, 4>,
         v: burn::tensor::Tensor<Self, 4>,
+        chunks: Option<usize>,
     ) -> Option<burn::tensor::Tensor<Self, 4>> {
-        // the kernels' shapes: `k`, `v` alike, of `q`'s batch, heads and width, at least as
-        // many keys as queries
-        let ([b, h, nq, hd], [bk, hk, nk, hdk]) = (q.dims(), k.dims());
-        if !fused_enabled() || [bk, hk, hdk] != [b, h, hd] || v.dims() != k.dims() || nk < nq {
+        let chunks = causal_shapes(&q, &k, &v, chunks)?;
+        let kernels = B::causal_attention_kernels()?;
+        Some(recorded::causal_attention::<B, C>(kernels, q, k, v, chunks))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn rms_norm(
+        x: burn::tensor::Tensor<Self, 2>,
+        gain: burn::tensor::Tensor<Self, 1>,
+        eps: f64,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let h = x.dims()[1];
+        if !fused_enabled() || gain.dims() != [h] {
             return None;
         }
-        let kernels = B::causal_attention_kernels()?;
-        Some(recorded::causal_attention::<B, C>(kernels, q, k, v))
+        let op = B::training_kernels()?.rms_norm;
+        Some(recorded::pair::<B, C>(op, x, gain.reshape([1, h]), eps))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn silu_mul(
+        a: burn::tensor::Tensor<Self, 2>,
+        u: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        if !fused_enabled() || a.dims() != u.dims() {
+            return None;
+        }
+        let op = B::training_kernels()?.silu_mul;
+        Some(recorded::pair::<B, C>(op, a, u, 0.0))
+    }
+
+    #[cfg(feature = "cubecl")]
+    fn rope(
+        x: burn::tensor::Tensor<Self, 2>,
+        cos: burn::tensor::Tensor<Self, 2>,
+        sin: burn::tensor::Tensor<Self, 2>,
+    ) -> Option<burn::tensor::Tensor<Self, 2>> {
+        let ([rows, w], [n, hd]) = (x.dims(), cos.dims());
+        let fits = hd > 0 && hd.is_multiple_of(2) && w.is_multiple_of(hd) && n > 0;
+        if !fused_enabled() || !fits || !rows.is_multiple_of(n) || sin.dims() != [n, hd] {
+            return None;
+        }
+        let op = B::training_kernels()?.rope;
+        let tables = burn::tensor::Tensor::cat(vec![cos, sin], 0);
+        Some(recorded::pair::<B, C>(op, x, tables, 0.0))
     }
 
     #[cfg(feature = "cubecl")]
@@ -188,7 +296,7 @@ impl<B: ArBackend, C: CheckpointStrategy> ArBackend for Autodiff<B, C> {
     }
 }
 
-/// The fused `silu(group_norm(x))` recorded on `Autodiff`'s graph with its own backward pass.
+/// The crate's kernels recorded on `Autodiff`'s graph with their own backward passes.
 #[cfg(feature = "cubecl")]
 mod recorded {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -199,7 +307,7 @@ mod recorded {
     use burn::tensor::backend::Backend;
     use burn::tensor::{Tensor, TensorPrimitive};
 
-    use crate::backbone::{CausalAttention, CausalSaved};
+    use crate::backbone::{CausalAttention, CausalSaved, TrainOp, TrainSaved};
     use crate::tokenizer::{GroupNormSilu, GroupNormSiluSaved};
 
     /// The backward step: `B`'s backward function.
@@ -320,6 +428,50 @@ mod recorded {
         Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
+    /// The backward step of a two-input operation of [`TrainOp`].
+    struct Pair<B: Backend>(TrainOp<B>);
+
+    impl<B: Backend> std::fmt::Debug for Pair<B> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("TrainOp")
+        }
+    }
+
+    impl<B: Backend> Backward<B, 2> for Pair<B> {
+        type State = TrainSaved<B>;
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dy = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+            let g = (self.0.backward)(ops.state, dy);
+            for (parent, grad) in ops.parents.into_iter().zip(g) {
+                if let (Some(node), Some(grad)) = (parent, grad) {
+                    grads.register::<B>(node.id, grad.into_primitive().tensor());
+                }
+            }
+        }
+    }
+
+    /// Runs `op`'s forward function on the inner tensors of `a`, `b` and records the step (both
+    /// inputs saved) when either is tracked.
+    pub(super) fn pair<B: Backend, C: CheckpointStrategy>(
+        op: TrainOp<B>,
+        a: Tensor<Autodiff<B, C>, 2>,
+        b: Tensor<Autodiff<B, C>, 2>,
+        eps: f64,
+    ) -> Tensor<Autodiff<B, C>, 2> {
+        let [ap, bp] = [a, b].map(|t| t.into_primitive().tensor());
+        let nodes = [ap.node.clone(), bp.node.clone()];
+        let [ai, bi] = [ap, bp].map(|t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t.primitive)));
+        let out = match Pair(op).prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, saved) = (op.forward)(ai, bi, eps);
+                prep.finish(saved, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish((op.forward)(ai, bi, eps).0.into_primitive().tensor()),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     /// The backward step of causal attention: `B`'s backward function.
     struct Causal<B: Backend>(CausalAttention<B>);
 
@@ -343,13 +495,14 @@ mod recorded {
         }
     }
 
-    /// Runs the forward function on the inner tensors and records the step (inputs and
-    /// attention weights saved) when any of `q`, `k`, `v` is tracked.
+    /// Runs the forward function on the inner tensors in `chunks` query chunks and records the
+    /// step (inputs and attention weights saved) when any of `q`, `k`, `v` is tracked.
     pub(super) fn causal_attention<B: Backend, C: CheckpointStrategy>(
         kernels: CausalAttention<B>,
         q: Tensor<Autodiff<B, C>, 4>,
         k: Tensor<Autodiff<B, C>, 4>,
         v: Tensor<Autodiff<B, C>, 4>,
+        chunks: usize,
     ) -> Tensor<Autodiff<B, C>, 4> {
         let [qp, kp, vp] = [q, k, v].map(|t| t.into_primitive().tensor());
         let nodes = [qp.node.clone(), kp.node.clone(), vp.node.clone()];
@@ -357,11 +510,11 @@ mod recorded {
             [qp, kp, vp].map(|t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t.primitive)));
         let out = match Causal(kernels).prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = (kernels.forward)(qi, ki, vi);
+                let (out, saved) = (kernels.forward)(qi, ki, vi, chunks);
                 prep.finish(saved, out.into_primitive().tensor())
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish((kernels.forward)(qi, ki, vi).0.into_primitive().tensor())
+                prep.finish((kernels.forward)(qi, ki, vi, chunks).0.into_primitive().tensor())
             }
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -402,6 +555,25 @@ where
 
     fn causal_attention_kernels() -> Option<crate::backbone::CausalAttention<Self>> {
         Some(crate::backbone::causal_attention_kernels())
+    }
+
+    fn training_kernels() -> Option<crate::backbone::TrainKernels<Self>> {
+        Some(crate::backbone::training_kernels())
+    }
+
+    /// Inference (prefill, teacher-forced scoring): the forward kernels alone, the attention
+    /// weights dropped. Built with Burn's tuner (`autotune`), `None`: Burn's tuned `attention`.
+    fn causal_attention(
+        q: burn::tensor::Tensor<Self, 4>,
+        k: burn::tensor::Tensor<Self, 4>,
+        v: burn::tensor::Tensor<Self, 4>,
+        chunks: Option<usize>,
+    ) -> Option<burn::tensor::Tensor<Self, 4>> {
+        let chunks = causal_shapes(&q, &k, &v, chunks)?;
+        if cfg!(feature = "autotune") {
+            return None;
+        }
+        Some((crate::backbone::causal_attention_kernels::<R, F, I, BT>().forward)(q, k, v, chunks).0)
     }
 
     /// Enough blocks for ~256 output tiles of 64 × 64 in all, each block at least 1,024 rows:

@@ -20,30 +20,41 @@ pub(crate) fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
 }
 
 /// The sum, or with `max` the maximum, of every unit's `value` over the cube of `units` units
-/// (all units get it; ends with a sync).
+/// (all units get it; ends with a sync): a tree over shared memory, pairs `jump` apart added at
+/// `jump = 1, 2, 4, …` (`⌈log₂ units⌉` levels instead of one unit adding all `units` values).
 #[cube]
 fn cube_reduce(value: f32, #[comptime] units: usize, #[comptime] max: bool) -> f32 {
     let unit = UNIT_POS_X as usize;
     let mut red = SharedMemory::<f32>::new(units);
     red[unit] = value;
     sync_cube();
-    if unit == 0 {
-        let mut acc = red[0];
-        for j in 1..units {
+    let mut jump = 1usize;
+    while jump < units {
+        if unit & (2 * jump - 1) == 0 && unit + jump < units {
+            let other = red[unit + jump];
             if comptime!(max) {
-                if red[j] > acc {
-                    acc = red[j];
+                if other > red[unit] {
+                    red[unit] = other;
                 }
             } else {
-                acc += red[j];
+                red[unit] += other;
             }
         }
-        red[0] = acc;
+        sync_cube();
+        jump *= 2;
     }
-    sync_cube();
     let total = red[0];
     sync_cube();
     total
+}
+
+/// Cubes of 256 units, one unit per element of `len`: the launch geometry of the elementwise
+/// kernels.
+pub(crate) fn per_element(len: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(len.div_ceil(256) as u32, 1, 1),
+        CubeDim::new_1d(256),
+    )
 }
 
 /// The primitive of a float tensor, made contiguous (what the crate's kernels read).

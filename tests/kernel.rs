@@ -352,6 +352,126 @@ mod cuda {
         }
     }
 
+    /// The training kernels under `Autodiff<Cuda>` (f32) against Burn's differentiated tensor
+    /// operations at the small backbone's widths: outputs and input gradients of causal attention
+    /// (default query chunks: 4 for 1,535 queries), RMSNorm, `silu(a) · u`, RoPE, and the
+    /// projection with its weight gradient split by rows.
+    #[test]
+    fn training_kernels_match_tensor_ops() {
+        use ar_refine::ArBackend;
+        use burn::tensor::activation::silu;
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        use burn::tensor::{Distribution, Tensor};
+        type A = burn::backend::Autodiff<Cuda>;
+        if !gpu() {
+            return;
+        }
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        // `f(inputs)` by the kernels and by tensor operations: output and every input gradient
+        fn compare<const D: usize, const O: usize>(
+            what: &str,
+            inputs: &[Tensor<A, D>],
+            ours: impl Fn(&[Tensor<A, D>]) -> Tensor<A, O>,
+            reference: impl Fn(&[Tensor<A, D>]) -> Tensor<A, O>,
+        ) {
+            let run = |f: &dyn Fn(&[Tensor<A, D>]) -> Tensor<A, O>| {
+                let xs: Vec<_> = inputs.iter().map(|t| t.clone().detach().require_grad()).collect();
+                let y = f(&xs);
+                let w = Tensor::<A, O>::random(y.shape(), Distribution::Normal(0.0, 1.0), &y.device());
+                let w = w.detach();
+                let grads = (y.clone() * w).sum().backward();
+                let mut out = vec![y.into_data().to_vec::<f32>().unwrap()];
+                out.extend(
+                    xs.iter()
+                        .map(|x| x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()),
+                );
+                out
+            };
+            let seed = |f: &dyn Fn(&[Tensor<A, D>]) -> Tensor<A, O>| {
+                <Cuda as burn::tensor::backend::Backend>::seed(&Default::default(), 5);
+                run(f)
+            };
+            for (i, (a, e)) in seed(&ours).iter().zip(&seed(&reference)).enumerate() {
+                let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(e).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    diff <= 2e-4 * scale,
+                    "{what}, output/gradient {i}: {diff} of {scale}"
+                );
+            }
+        }
+        let qkv: Vec<_> = (0..3)
+            .map(|_| Tensor::<A, 4>::random([2, 4, 1535, 64], normal, &device))
+            .collect();
+        compare(
+            "causal attention",
+            &qkv,
+            |t| A::causal_attention(t[0].clone(), t[1].clone(), t[2].clone(), None).unwrap(),
+            |t| {
+                let causal = AttentionModuleOptions {
+                    is_causal: true,
+                    ..Default::default()
+                };
+                attention(t[0].clone(), t[1].clone(), t[2].clone(), None, None, causal)
+            },
+        );
+        let x = vec![Tensor::<A, 2>::random([3000, 256], normal, &device)];
+        let gain = Tensor::<A, 1>::random([256], Distribution::Uniform(0.5, 1.5), &device).require_grad();
+        compare(
+            "RMSNorm",
+            &x,
+            |t| A::rms_norm(t[0].clone(), gain.clone(), 1e-6).unwrap(),
+            |t| {
+                let rms = t[0].clone().powi_scalar(2).mean_dim(1).add_scalar(1e-6).sqrt();
+                t[0].clone().div(rms) * gain.clone().unsqueeze::<2>()
+            },
+        );
+        let au: Vec<_> = (0..2)
+            .map(|_| Tensor::<A, 2>::random([3000, 704], normal, &device))
+            .collect();
+        compare(
+            "silu(a) · u",
+            &au,
+            |t| A::silu_mul(t[0].clone(), t[1].clone()).unwrap(),
+            |t| silu(t[0].clone()) * t[1].clone(),
+        );
+        let (n, heads, hd) = (300, 4, 64);
+        let x = vec![Tensor::<A, 2>::random([2 * n, heads * hd], normal, &device)];
+        let [cos, sin] =
+            [0; 2].map(|_| Tensor::<A, 2>::random([n, hd], Distribution::Uniform(-1.0, 1.0), &device));
+        compare(
+            "RoPE",
+            &x,
+            |t| A::rope(t[0].clone(), cos.clone(), sin.clone()).unwrap(),
+            |t| {
+                let x = t[0].clone().reshape([2, n, heads, hd]).swap_dims(1, 2);
+                let half = hd / 2;
+                let rot = Tensor::cat(
+                    vec![
+                        x.clone().narrow(3, half, half).neg(),
+                        x.clone().narrow(3, 0, half),
+                    ],
+                    3,
+                );
+                let [c, s] = [&cos, &sin].map(|t| t.clone().reshape([1, 1, n, hd]));
+                (x * c + rot * s).reshape([2 * heads * n, hd])
+            },
+        );
+        let xw = vec![
+            Tensor::<A, 2>::random([4096, 256], normal, &device),
+            Tensor::<A, 2>::random([256, 256], normal, &device),
+        ];
+        assert!(A::weight_grad_chunks(4096, 256, 256) == 1 && <Cuda>::weight_grad_chunks(4096, 256, 256) > 1);
+        compare(
+            "projection, weight gradient split by rows",
+            &xw,
+            |t| A::linear_t_split(t[0].clone(), t[1].clone()).unwrap(),
+            |t| t[0].clone().matmul(t[1].clone().transpose()),
+        );
+    }
+
     fn few_rows<B: ar_refine::ArBackend>(device: &B::Device, dtype: burn::tensor::DType, tol: f64) {
         use burn::tensor::{Tensor, TensorData};
         let mut rng = super::SplitMix64::new(11);

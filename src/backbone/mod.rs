@@ -9,7 +9,8 @@ mod score;
 pub use generate::generate_by_forward;
 #[cfg(feature = "cubecl")]
 pub(crate) use llama::{
-    causal_attention_kernels, decoder_kernels, CausalAttention, CausalSaved, DecoderKernels,
+    causal_attention_kernels, causal_chunks, decoder_kernels, training_kernels, CausalAttention, CausalSaved,
+    DecoderKernels, TrainKernels, TrainOp, TrainSaved,
 };
 pub use llama::{
     linear_t, lm_loss, load_lora, save_lora, train_lm, GenerateOptions, Generation, KvCache, Llama,

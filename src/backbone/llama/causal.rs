@@ -10,6 +10,10 @@
 //! - backward, for `do`: `dv = pᵀ · do`, `dp = do · vᵀ`; [`softmax_grad_kernel`] writes
 //!   `ds = scale · p ∘ (dp − Σ p ∘ dp)`; `dq = ds · k`, `dk = dsᵀ · q`.
 //!
+//! The queries go in chunks (`default_chunks`: 4 for 1,535), the chunk ending at query `end`
+//! against only the keys `0..nk − nq + end` it sees, so the products and kernels touch `(c + 1)/2c`
+//! of the causal score matrix instead of all of it; `dk`, `dv` add up over the chunks.
+//!
 //! Row statistics in f32 whatever the storage type. The `Autodiff` side lives in
 //! [`crate::backend`]; the layers call it through [`crate::ArBackend::causal_attention`].
 
@@ -25,14 +29,13 @@ use crate::cube::{contiguous, cube_max, cube_sum, empty, float};
 const UNITS: usize = 256;
 
 /// The row of cube `(i, r)` (query `i` of row block `r`) in `[rows, nq, nk]`: its first element,
-/// `nk`, the keys it sees (`0..i + nk − nq + 1`: `nk ≥ nq`, the caller checks, so at least one)
-/// and the strides of `units` units over it.
+/// the keys it sees (`0..i + nk − nq + 1`: `nk ≥ nq`, the caller checks, so at least one) and
+/// the strides of `units` units over it.
 #[cube]
-fn row_of(nq: usize, nk: usize, #[comptime] units: usize) -> (usize, usize, usize, usize) {
+fn row_of(nq: usize, nk: usize, #[comptime] units: usize) -> (usize, usize, usize) {
     let i = CUBE_POS_X as usize;
     (
         (CUBE_POS_Y as usize * nq + i) * nk,
-        nk,
         i + nk - nq + 1,
         nk.div_ceil(units),
     )
@@ -49,7 +52,8 @@ fn causal_softmax_kernel<F: Float>(
     #[comptime] units: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (base, nk, seen, steps) = row_of(s.shape(1), s.shape(2), units);
+    let nk = s.shape(2);
+    let (base, seen, steps) = row_of(s.shape(1), nk, units);
     let unit = UNIT_POS_X as usize;
     let mut m = f32::new(-3.0e38);
     for t in 0..steps {
@@ -94,7 +98,8 @@ fn softmax_grad_kernel<F: Float>(
     #[comptime] units: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (base, nk, seen, steps) = row_of(p.shape(1), p.shape(2), units);
+    let nk = p.shape(2);
+    let (base, seen, steps) = row_of(p.shape(1), nk, units);
     let unit = UNIT_POS_X as usize;
     let mut dot = 0.0f32;
     for t in 0..steps {
@@ -156,50 +161,95 @@ fn rows<R: CubeRuntime>(a: CubeTensor<R>, grad: Option<CubeTensor<R>>, scale: f3
     out
 }
 
-/// What the backward pass of [`forward`] needs: the inputs and the attention weights.
+/// What the backward pass of [`forward`] needs: the inputs and each query chunk's attention
+/// weights.
 #[derive(Clone, Debug)]
 pub struct CausalSaved<B: burn::tensor::backend::Backend> {
     pub(crate) q: BurnTensor<B, 4>,
     pub(crate) k: BurnTensor<B, 4>,
     pub(crate) v: BurnTensor<B, 4>,
-    /// `softmax` of the scaled, masked scores `[b, h, nq, nk]`.
-    pub(crate) p: BurnTensor<B, 4>,
+    /// Each chunk's `softmax` of the scaled, masked scores `[b, h, m, nk − nq + end]` (`m`
+    /// queries ending at `end`), in query order.
+    pub(crate) p: Vec<BurnTensor<B, 4>>,
+}
+
+/// How many query chunks [`forward`] takes by default for `nq` queries: one per 256 queries, at
+/// most 4 (4 for the 1,535 queries of a K = 2 training sentence). Chunk `j` needs only the keys
+/// up to its last query, so `c` chunks compute about `(c + 1) / 2c` of the full score matrix
+/// (5/8 for 4).
+pub(crate) fn default_chunks(nq: usize) -> usize {
+    (nq / 256).clamp(1, 4)
+}
+
+/// The query ranges of `chunks` chunks of `nq` queries: `⌈nq / chunks⌉` each, the last shorter.
+fn chunk_ranges(nq: usize, chunks: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let m = nq.div_ceil(chunks.max(1));
+    (0..nq)
+        .step_by(m.max(1))
+        .map(move |start| start..(start + m).min(nq))
 }
 
 /// `softmax(q · kᵀ / √hd, causal) · v` of `q [b, h, nq, hd]`, `k`, `v [b, h, nk, hd]`
-/// (`nk ≥ nq`; query `i` sees keys `0..=i + nk − nq`): `(out [b, h, nq, hd], saved)`.
+/// (`nk ≥ nq`; query `i` sees keys `0..=i + nk − nq`) in `chunks` query chunks
+/// ([`chunk_ranges`]), each against only the keys its queries see: `(out [b, h, nq, hd],
+/// saved)`.
 pub(crate) fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     q: BurnTensor<CubeBackend<R, F, I, BT>, 4>,
     k: BurnTensor<CubeBackend<R, F, I, BT>, 4>,
     v: BurnTensor<CubeBackend<R, F, I, BT>, 4>,
+    chunks: usize,
 ) -> Attended<CubeBackend<R, F, I, BT>> {
     let ([b, h, nq, hd], nk) = (q.dims(), k.dims()[2]);
     let scale = 1.0 / (hd as f32).sqrt();
-    let s = contiguous(
-        q.clone()
-            .matmul(k.clone().swap_dims(2, 3))
-            .reshape([b * h, nq, nk]),
-    );
-    let p = float::<R, F, I, BT, 3>(rows(s, None, scale)).reshape([b, h, nq, nk]);
-    let out = p.clone().matmul(v.clone());
-    (out, CausalSaved { q, k, v, p })
+    let (mut outs, mut ps) = (Vec::with_capacity(chunks), Vec::with_capacity(chunks));
+    for range in chunk_ranges(nq, chunks) {
+        let (m, keys) = (range.len(), nk - nq + range.end);
+        let s = q
+            .clone()
+            .narrow(2, range.start, m)
+            .matmul(k.clone().narrow(2, 0, keys).swap_dims(2, 3));
+        let s = contiguous(s.reshape([b * h, m, keys]));
+        let p = float::<R, F, I, BT, 3>(rows(s, None, scale)).reshape([b, h, m, keys]);
+        outs.push(p.clone().matmul(v.clone().narrow(2, 0, keys)));
+        ps.push(p);
+    }
+    (BurnTensor::cat(outs, 2), CausalSaved { q, k, v, p: ps })
 }
 
-/// The gradients `(dq, dk, dv)` of [`forward`] for `dout [b, h, nq, hd]`.
+/// The gradients `(dq, dk, dv)` of [`forward`] for `dout [b, h, nq, hd]`: per chunk, `dk` and
+/// `dv` of the keys it saw added into the keys' prefix.
 pub(crate) fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     saved: CausalSaved<CubeBackend<R, F, I, BT>>,
     dout: BurnTensor<CubeBackend<R, F, I, BT>, 4>,
 ) -> [BurnTensor<CubeBackend<R, F, I, BT>, 4>; 3] {
     let CausalSaved { q, k, v, p } = saved;
-    let [b, h, nq, nk] = p.dims();
-    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
-    let dv = p.clone().swap_dims(2, 3).matmul(dout.clone());
-    let dp = contiguous(dout.matmul(v.swap_dims(2, 3)).reshape([b * h, nq, nk]));
-    let p = contiguous(p.reshape([b * h, nq, nk]));
-    let ds = float::<R, F, I, BT, 3>(rows(p, Some(dp), scale)).reshape([b, h, nq, nk]);
-    let dq = ds.clone().matmul(k);
-    let dk = ds.swap_dims(2, 3).matmul(q);
-    [dq, dk, dv]
+    let [b, h, _, hd] = q.dims();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut dq = Vec::with_capacity(p.len());
+    let [mut dk, mut dv] = [0; 2].map(|_| BurnTensor::zeros(k.shape(), &k.device()));
+    let mut start = 0;
+    for p in p {
+        let [_, _, m, keys] = p.dims();
+        let (kj, vj, qj) = (
+            k.clone().narrow(2, 0, keys),
+            v.clone().narrow(2, 0, keys),
+            q.clone().narrow(2, start, m),
+        );
+        let doj = dout.clone().narrow(2, start, m);
+        start += m;
+        let dvj = p.clone().swap_dims(2, 3).matmul(doj.clone());
+        let dp = contiguous(doj.matmul(vj.swap_dims(2, 3)).reshape([b * h, m, keys]));
+        let p = contiguous(p.reshape([b * h, m, keys]));
+        let ds = float::<R, F, I, BT, 3>(rows(p, Some(dp), scale)).reshape([b, h, m, keys]);
+        dq.push(ds.clone().matmul(kj));
+        let dkj = ds.swap_dims(2, 3).matmul(qj);
+        let prefix = [0..b, 0..h, 0..keys, 0..hd];
+        [dk, dv] = [(dk, dkj), (dv, dvj)].map(|(sum, d)| {
+            let add = sum.clone().slice(prefix.clone()) + d;
+            sum.slice_assign(prefix.clone(), add)
+        });
+    }
+    [BurnTensor::cat(dq, 2), dk, dv]
 }
 
 /// The forward and backward functions of one backend (`CubeBackend` has them): what
@@ -222,7 +272,7 @@ impl<B: burn::tensor::backend::Backend> Copy for CausalAttention<B> {}
 type Attended<B> = (BurnTensor<B, 4>, CausalSaved<B>);
 
 /// The signature of [`forward`].
-type CausalForward<B> = fn(BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>) -> Attended<B>;
+type CausalForward<B> = fn(BurnTensor<B, 4>, BurnTensor<B, 4>, BurnTensor<B, 4>, usize) -> Attended<B>;
 
 /// The signature of [`backward`].
 type CausalBackward<B> = fn(CausalSaved<B>, BurnTensor<B, 4>) -> [BurnTensor<B, 4>; 3];
@@ -237,7 +287,8 @@ pub(crate) fn kernels<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
 }
 
 /// The kernels under `Autodiff` against Burn's `attention` (its differentiated fallback):
-/// output and the gradients of `q`, `k`, `v`, for rows shorter and longer than a cube's units.
+/// output and the gradients of `q`, `k`, `v`, for rows shorter and longer than a cube's units,
+/// whole and in query chunks.
 #[cfg(all(test, feature = "wgpu"))]
 mod wgpu_tests {
     use burn::backend::{Autodiff, Wgpu};
@@ -259,7 +310,7 @@ mod wgpu_tests {
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
     }
 
-    fn case(b: usize, h: usize, n: usize, hd: usize) {
+    fn case(b: usize, h: usize, n: usize, hd: usize, chunks: Option<usize>) {
         let device = Default::default();
         let dist = Distribution::Normal(0.0, 1.0);
         let [q, k, v] = [0; 3].map(|_| Tensor::<Wgpu, 4>::random([b, h, n, hd], dist, &device));
@@ -268,7 +319,8 @@ mod wgpu_tests {
         let run = |ours: bool| {
             let [q, k, v] = [&q, &k, &v].map(|t| Tensor::<Ad, 4>::from_inner(t.clone()).require_grad());
             let out = if ours {
-                Ad::causal_attention(q.clone(), k.clone(), v.clone()).expect("Autodiff<Wgpu> has the kernels")
+                Ad::causal_attention(q.clone(), k.clone(), v.clone(), chunks)
+                    .expect("Autodiff<Wgpu> has the kernels")
             } else {
                 let causal = AttentionModuleOptions {
                     is_causal: true,
@@ -285,14 +337,30 @@ mod wgpu_tests {
             let r = rel(a, e);
             assert!(
                 r < 1e-4,
-                "{what} at [{b}, {h}, {n}, {hd}]: relative difference {r}"
+                "{what} at [{b}, {h}, {n}, {hd}] in {chunks:?} chunks: relative difference {r}"
             );
         }
     }
 
     #[test]
     fn causal_attention_matches_burn_wgpu() {
-        case(2, 3, 5, 8);
-        case(1, 2, 300, 16);
+        case(2, 3, 5, 8, None);
+        case(2, 3, 5, 8, Some(5));
+        case(1, 2, 300, 16, None);
+        case(1, 2, 300, 16, Some(3));
+        case(1, 2, 299, 16, Some(4));
+        // more chunks than queries: Burn's attention instead
+        let q = Tensor::<Ad, 4>::zeros([1, 1, 3, 4], &Default::default());
+        assert!(Ad::causal_attention(q.clone(), q.clone(), q, Some(4)).is_none());
+        let ranges = |nq, c| {
+            super::chunk_ranges(nq, c)
+                .map(|r| (r.start, r.end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges(1535, 4), [(0, 384), (384, 768), (768, 1152), (1152, 1535)]);
+        assert_eq!(ranges(5, 5), [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]);
+        assert_eq!(super::default_chunks(1535), 4);
+        assert_eq!(super::default_chunks(600), 2);
+        assert_eq!(super::default_chunks(300), 1);
     }
 }

@@ -18,9 +18,10 @@
 //!   fewer key/value heads than query heads, a copy of the cache).
 //!
 //! They route through [`crate::ArBackend::decoder_kernels`]: `CubeBackend` (any runtime and
-//! element type) has them, its `Autodiff` wrapper does not (the kernels have no backward pass),
-//! and the functions here hand their inputs back otherwise, so the tensor-op path stays the
-//! reference and the training path. `AR_REFINE_FUSED=0` in the
+//! element type) has them, its `Autodiff` wrapper does not (the kernels have no backward pass;
+//! training takes [`super::training`]'s, which reuse the RMSNorm and `silu(gate) · up` kernels
+//! forward), and the functions here hand their inputs back otherwise, so the tensor-op path stays
+//! the reference. `AR_REFINE_FUSED=0` in the
 //! environment turns them off (see [`crate::backend::fused_enabled`]). Measured on an H200 (BENCHMARKS.md, issue
 //! [gpu-speed] run 2): a 100M-shape decode step 32.2 ms with the tensor ops vs 11.9 ms fused.
 
@@ -31,7 +32,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use crate::cube::{contiguous, empty, float, vector_size};
+use crate::cube::{contiguous, empty, float, per_element, vector_size};
 
 /// Units per cube of [`rms_norm_kernel`]: one cube normalises one row.
 const UNITS: usize = 256;
@@ -428,14 +429,6 @@ fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     } else {
         t.copy()
     }
-}
-
-/// Launch geometry for one unit per element of `len`.
-fn per_element(len: usize) -> (CubeCount, CubeDim) {
-    (
-        CubeCount::Static(len.div_ceil(UNITS) as u32, 1, 1),
-        CubeDim::new_1d(UNITS as u32),
-    )
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBackend

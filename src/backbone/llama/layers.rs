@@ -81,6 +81,9 @@ fn flat_matmul<B: ArBackend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>) -
 /// `x [.., in] @ w_tᵀ` with `w_t: [out, in]` (HF's layout) → `[.., out]`: one flattened
 /// `[rows, in]` matmul, or for at most 16 rows on a CubeCL backend (not `Autodiff`) the fused
 /// skinny kernel that reads `w_t` in place — what the decoder's projections use at decode time.
+/// Under `Autodiff` of a CubeCL backend, long inputs (≥ 2,048 rows) take
+/// [`ArBackend::linear_t_split`](crate::ArBackend::linear_t_split): the weight gradient as a sum
+/// of row blocks' products.
 ///
 /// ```
 /// use ar_refine::backbone::linear_t;
@@ -137,7 +140,12 @@ impl<B: ArBackend> RmsNorm<B> {
         #[cfg(feature = "cubecl")]
         let x = {
             let [b, n, h] = x.dims();
-            match super::fused::rms_norm(x.reshape([b * n, h]), &self.weight.val(), self.eps) {
+            let gain = self.weight.val();
+            let y = match super::fused::rms_norm(x.reshape([b * n, h]), &gain, self.eps) {
+                Ok(y) => Ok(y),
+                Err(x) => B::rms_norm(x.clone(), gain, self.eps).ok_or(x),
+            };
+            match y {
                 Ok(y) => return y.reshape([b, n, h]),
                 Err(x) => x.reshape([b, n, h]),
             }
@@ -221,7 +229,11 @@ pub(crate) fn rope_tables<B: ArBackend>(
 }
 
 /// `x [b, h, n, hd]` rotated by the tables `[n, hd]`: `x·cos + rotate_half(x)·sin`.
-fn apply_rope<B: ArBackend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub(super) fn apply_rope<B: ArBackend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let hd = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, hd / 2);
     let x2 = x.clone().narrow(3, hd / 2, hd / 2);
@@ -316,6 +328,21 @@ impl<B: ArBackend> Attention<B> {
             }
         };
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
+        // Training: RoPE and the move to heads in one kernel each way where the backend has it.
+        #[cfg(feature = "cubecl")]
+        if cache.is_none() {
+            let (cos, sin) = (
+                step.cos.clone().reshape([n, hd]),
+                step.sin.clone().reshape([n, hd]),
+            );
+            let rope = |t: &Tensor<B, 3>, heads: usize| {
+                B::rope(t.clone().reshape([b * n, heads * hd]), cos.clone(), sin.clone())
+                    .map(|r| r.reshape([b, heads, n, hd]))
+            };
+            if let (Some(q), Some(k)) = (rope(&q, h), rope(&k, kv)) {
+                return (q, k, split(v, kv));
+            }
+        }
         let q = apply_rope(split(q, h), &step.cos, &step.sin);
         let k = apply_rope(split(k, kv), &step.cos, &step.sin);
         let v = split(v, kv);
@@ -364,10 +391,10 @@ impl<B: ArBackend> Attention<B> {
             // One new query sees every cached key: no mask.
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         } else if t == n {
-            // Training: the crate's causal attention with its own backward pass where the
-            // backend has it (`Autodiff` of a CubeCL backend), else Burn's.
+            // The crate's chunked causal attention where the backend has it (a CubeCL backend,
+            // and its `Autodiff` with the kernels' own backward pass), else Burn's.
             #[cfg(feature = "cubecl")]
-            let (q, k, v) = match B::causal_attention(q.clone(), k.clone(), v.clone()) {
+            let (q, k, v) = match B::causal_attention(q.clone(), k.clone(), v.clone(), None) {
                 Some(out) => return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd])),
                 None => (q, k, v),
             };
@@ -429,7 +456,12 @@ impl<B: ArBackend> Mlp<B> {
         #[cfg(feature = "cubecl")]
         let (g, u) = {
             let [b, n, i] = g.dims();
-            match super::fused::silu_mul(g.reshape([b * n, i]), u.reshape([b * n, i])) {
+            // decode kernel, else (training) the kernels with a backward pass
+            let y = match super::fused::silu_mul(g.reshape([b * n, i]), u.reshape([b * n, i])) {
+                Ok(y) => Ok(y),
+                Err((g, u)) => B::silu_mul(g.clone(), u.clone()).ok_or((g, u)),
+            };
+            match y {
                 Ok(y) => return self.down_proj.forward(y.reshape([b, n, i])),
                 Err((g, u)) => (g.reshape([b, n, i]), u.reshape([b, n, i])),
             }

@@ -19,10 +19,14 @@ mod lora;
 mod mma;
 mod model;
 mod train;
+#[cfg(feature = "cubecl")]
+mod training;
 
 pub use cache::KvCache;
 #[cfg(feature = "cubecl")]
-pub(crate) use causal::{kernels as causal_attention_kernels, CausalAttention, CausalSaved};
+pub(crate) use causal::{
+    default_chunks as causal_chunks, kernels as causal_attention_kernels, CausalAttention, CausalSaved,
+};
 pub use config::LlamaConfig;
 #[cfg(feature = "cubecl")]
 pub(crate) use fused::{decoder_kernels, DecoderKernels};
@@ -31,3 +35,5 @@ pub use layers::linear_t;
 pub use lora::{load_lora, save_lora, LoraConfig};
 pub use model::{Llama, ProjName};
 pub use train::{lm_loss, train_lm, LmTrainConfig, StepReport};
+#[cfg(feature = "cubecl")]
+pub(crate) use training::{kernels as training_kernels, TrainKernels, TrainOp, TrainSaved};
