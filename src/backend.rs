@@ -154,6 +154,21 @@ pub trait ArBackend: Backend {
         None
     }
 
+    /// One AdamW update of a flat parameter `p [n]` with gradient `g [n]` and moments `(m, v)`
+    /// (`None` on the first step) in one kernel: `[p', m', v']`, or `None` (the default) for
+    /// Burn's `AdamW`. `CubeBackend` has it (the optimizer runs on the inner backend).
+    #[cfg(feature = "cubecl")]
+    #[doc(hidden)]
+    fn adamw_update(
+        p: burn::tensor::Tensor<Self, 1>,
+        g: burn::tensor::Tensor<Self, 1>,
+        moments: Option<(burn::tensor::Tensor<Self, 1>, burn::tensor::Tensor<Self, 1>)>,
+        scalars: crate::train::AdamwScalars,
+    ) -> Option<[burn::tensor::Tensor<Self, 1>; 3]> {
+        let _ = (p, g, moments, scalars);
+        None
+    }
+
     /// `silu(group_norm(x))` of `x [n, c, h, w]` with `gamma`, `beta [c]` and `groups`
     /// dividing `c` (the caller checks the shapes) by the fused kernels, or `None` for tensor
     /// operations. By default the forward kernel of
@@ -559,6 +574,18 @@ where
 
     fn training_kernels() -> Option<crate::backbone::TrainKernels<Self>> {
         Some(crate::backbone::training_kernels())
+    }
+
+    fn adamw_update(
+        p: burn::tensor::Tensor<Self, 1>,
+        g: burn::tensor::Tensor<Self, 1>,
+        moments: Option<(burn::tensor::Tensor<Self, 1>, burn::tensor::Tensor<Self, 1>)>,
+        scalars: crate::train::AdamwScalars,
+    ) -> Option<[burn::tensor::Tensor<Self, 1>; 3]> {
+        let same = moments
+            .as_ref()
+            .is_none_or(|(m, v)| m.dims() == p.dims() && v.dims() == p.dims());
+        (same && g.dims() == p.dims()).then(|| crate::train::cube_adamw_update(p, g, moments, scalars))
     }
 
     /// Inference (prefill, teacher-forced scoring): the forward kernels alone, the attention

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,8 @@ use crate::decode::{nearest_codes, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::train::{
-    checkpoint_due, clip_grad_norm, resume, save_checkpoint, Planner, TimeBudget, TrainState, WarmupCosine,
+    checkpoint_due, clip_grad_norm, resume, save_checkpoint, FusedAdamW, Planner, TimeBudget, TrainState,
+    WarmupCosine,
 };
 
 /// Reconstruction loss.
@@ -205,11 +206,7 @@ pub fn train_vqgan<B: ArAutodiffBackend>(
     }
     let beta = cfg.beta.unwrap_or(c.commitment_cost);
     let device = model.codebook.val().device();
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.5)
-        .with_beta_2(0.9)
-        .with_weight_decay(0.0)
-        .init::<B, VqganModel<B>>();
+    let mut optim = FusedAdamW::init::<B, VqganModel<B>>(0.5, 0.9, 0.0);
     let identity = serde_json::json!({ "model": c, "train": cfg });
     let mut state = TrainState::start(identity, cfg.seed);
     (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;

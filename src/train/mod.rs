@@ -1,6 +1,7 @@
 //! Training: the refinement loss, the learning-rate schedule and checkpoints shared by every
 //! training loop in the crate.
 
+mod adamw;
 mod budget;
 mod checkpoint;
 mod clip;
@@ -10,6 +11,11 @@ mod refiner_loop;
 mod schedule;
 
 pub use crate::refiner::{cosine_loss, PreparedLoss, RefinementLoss};
+#[cfg(feature = "cubecl")]
+pub(crate) use adamw::cube_update as cube_adamw_update;
+#[doc(hidden)]
+pub use adamw::AdamwScalars;
+pub use adamw::FusedAdamW;
 pub(crate) use budget::Planner;
 pub use budget::TimeBudget;
 pub use checkpoint::{

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -413,9 +413,7 @@ impl Job<'_> {
             let book = Codebook::<B>::new(Tensor::from_data(self.codes.clone(), device), self.metric)?;
             let inner_book =
                 Codebook::<B::InnerBackend>::new(Tensor::from_data(self.codes.clone(), device), self.metric)?;
-            let optim = AdamWConfig::new()
-                .with_weight_decay(cfg.weight_decay)
-                .init::<B, M>();
+            let optim = super::FusedAdamW::init::<B, M>(0.9, 0.999, cfg.weight_decay);
             let mut state = TrainState::start(self.identity.clone(), cfg.seed);
             state.extra = serde_json::json!({ "val": [] });
             let (model, optim, state) = resume(self.checkpoints, refiner.fork(device), optim, state, device)?;

@@ -4,7 +4,7 @@ use crate::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,8 @@ use crate::checks::{int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::train::{
-    checkpoint_due, clip_grad_norm, resume, save_checkpoint, Planner, TimeBudget, TrainState, WarmupCosine,
+    checkpoint_due, clip_grad_norm, resume, save_checkpoint, FusedAdamW, Planner, TimeBudget, TrainState,
+    WarmupCosine,
 };
 
 /// Settings of [`train_lm`].
@@ -156,9 +157,7 @@ pub fn train_lm<B: ArAutodiffBackend>(
         }
     }
     let device = model.embed_tokens.val().device();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay)
-        .init::<B, Llama<B>>();
+    let mut optim = FusedAdamW::init::<B, Llama<B>>(0.9, 0.999, cfg.weight_decay);
     let mut model = model;
     // `layout`: projection weights are stored `[out, in]` since 0.2; a checkpoint of the
     // `[in, out]` layout has no such key and is refused as another run's, not misread.
