@@ -48,13 +48,19 @@ fn cube_reduce(value: f32, #[comptime] units: usize, #[comptime] max: bool) -> f
     total
 }
 
-/// Cubes of 256 units, one unit per element of `len`: the launch geometry of the elementwise
-/// kernels.
-pub(crate) fn per_element(len: usize) -> (CubeCount, CubeDim) {
-    (
-        CubeCount::Static(len.div_ceil(256) as u32, 1, 1),
-        CubeDim::new_1d(256),
-    )
+/// Cubes of 256 units, one unit per element of `len` (the kernels index `ABSOLUTE_POS` and
+/// guard `< len`), spread over more than one grid axis where one axis would exceed the device's
+/// limit (65,535 cubes on wgpu): the launch geometry of the elementwise kernels on `like`'s
+/// device.
+pub(crate) fn per_element<R: CubeRuntime>(like: &CubeTensor<R>, len: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(256);
+    (cube_grid(like, len.div_ceil(256)), dim)
+}
+
+/// A grid of at least `cubes` cubes on `like`'s device, over more than one axis where one would
+/// exceed its limit: kernels number their cube `CUBE_POS` and skip positions `≥ cubes`.
+pub(crate) fn cube_grid<R: CubeRuntime>(like: &CubeTensor<R>, cubes: usize) -> CubeCount {
+    cubecl::calculate_cube_count_elemwise(&like.client, cubes, CubeDim::new_1d(1))
 }
 
 /// The primitive of a float tensor, made contiguous (what the crate's kernels read).

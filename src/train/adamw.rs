@@ -211,7 +211,7 @@ mod kernel {
         };
         let n = p.meta.shape().num_elements();
         let [po, mo, vo] = [0; 3].map(|_| empty(&p, [n], p.dtype));
-        let (count, dim) = per_element(n);
+        let (count, dim) = per_element(&p, n);
         let f = p.dtype.into();
         // SAFETY: unit `i < n` reads element `i` of four contiguous tensors of `n` elements (on
         // the first step `m` and `v` stand in as `g` and are not read) and writes element `i`

@@ -32,7 +32,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use crate::cube::{contiguous, empty, float, per_element, vector_size};
+use crate::cube::{contiguous, cube_grid, empty, float, per_element, vector_size};
 
 /// Units per cube of [`rms_norm_kernel`]: one cube normalises one row.
 const UNITS: usize = 256;
@@ -55,14 +55,16 @@ fn rms_norm_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let h = x.shape(1);
-    let row = CUBE_POS_X as usize;
+    // one cube per row; a grid over two axes may hold cubes past the last row
+    let row = CUBE_POS;
+    let live = row < x.shape(0);
     let unit = UNIT_POS_X as usize;
     let base = row * h;
     let steps = h.div_ceil(units);
     let mut acc = 0.0f32;
     for s in 0..steps {
         let i = s * units + unit;
-        if i < h {
+        if i < h && live {
             let mut v = f32::cast_from(x[base + i]);
             if comptime!(add) {
                 let r = F::cast_from(v + f32::cast_from(delta[base + i]));
@@ -75,7 +77,7 @@ fn rms_norm_kernel<F: Float>(
     let rms = (crate::cube::cube_sum(acc, units) / f32::cast_from(h) + eps).sqrt();
     for s in 0..steps {
         let i = s * units + unit;
-        if i < h {
+        if i < h && live {
             // With `add`, each unit reads back the sums it wrote itself.
             let v = if comptime!(add) {
                 f32::cast_from(sum[base + i])
@@ -452,14 +454,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             empty(&x, [1], x.dtype)
         };
         let dtype = x.dtype.into();
-        // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS_X <
+        // SAFETY: every global read and write is guarded by `i < h` within row `CUBE_POS <
         // rows` of contiguous `[rows, h]` tensors (gain `[h]`; `delta` and `sum` are that shape
         // whenever `add` reads or writes them); the shared array has `UNITS` entries, indexed by
         // `UNIT_POS_X < UNITS`.
         unsafe {
             rms_norm_kernel::launch_unchecked::<R>(
                 &x.client.clone(),
-                CubeCount::Static(rows as u32, 1, 1),
+                cube_grid(&x, rows),
                 CubeDim::new_1d(UNITS as u32),
                 x.clone().into_tensor_arg(),
                 delta.clone().into_tensor_arg(),
@@ -479,7 +481,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
     fn fused_silu_mul(gate: BurnTensor<Self, 2>, up: BurnTensor<Self, 2>) -> BurnTensor<Self, 2> {
         let (gate, up) = (contiguous(gate), contiguous(up));
         let out = empty(&gate, gate.meta.shape().clone(), gate.dtype);
-        let (count, dim) = per_element(gate.meta.shape().num_elements());
+        let (count, dim) = per_element(&gate, gate.meta.shape().num_elements());
         let dtype = gate.dtype.into();
         // SAFETY: the kernel writes and reads index `i` only when `i < out.len()`, and the three
         // contiguous tensors have the same shape.
@@ -521,7 +523,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedBacke
             ),
         };
         let q_out = empty(&q, [b, h, n, hd], q.dtype);
-        let (count, dim) = per_element(b * h * n * hd);
+        let (count, dim) = per_element(&q, b * h * n * hd);
         let dtype = q.dtype.into();
         // SAFETY: unit `pos < q_out.len() = b·h·n·hd` reads `q` at row `bi·n + i < b·n`, column
         // `head·hd + d' < h·hd`; `k`, `v` at column `head·hd + d' < kv·hd` (only when `head <
@@ -1187,6 +1189,29 @@ mod tests {
     fn fused_skinny_linear_matches_f64_wgpu_f16() {
         // Exact products of f16 inputs, f32 sums, one f16 rounding of the result.
         check_skinny::<burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, half::f16, i32, u32>>(1e-3);
+    }
+
+    /// An elementwise kernel over more elements than 65,535 cubes of 256 cover (wgpu's limit per
+    /// grid axis) and RMSNorm over more than 65,535 rows launch, and their last rows are computed.
+    #[test]
+    fn elementwise_kernels_span_more_than_one_grid_axis_wgpu() {
+        type W = burn::backend::Wgpu;
+        let device = Default::default();
+        let rows = 65_600; // × 256 columns: 65,600 cubes of 256 units, or one cube per row
+        let ones = Tensor::<W, 2>::ones([rows, 256], &device);
+        let y = super::silu_mul(ones.clone(), ones.clone())
+            .map_err(|_| ())
+            .expect("Wgpu has the kernels");
+        let last: Vec<f32> = y.narrow(0, rows - 1, 1).into_data().to_vec().unwrap();
+        let want = 1.0 / (1.0 + (-1.0f32).exp());
+        assert!(last.iter().all(|v| (v - want).abs() < 1e-6), "{:?}", &last[..4]);
+        // RMSNorm: one cube per row
+        let gain = Tensor::<W, 1>::ones([256], &device).mul_scalar(2.0);
+        let y = super::rms_norm(ones, &gain, 0.0)
+            .map_err(|_| ())
+            .expect("Wgpu has the kernels");
+        let last: Vec<f32> = y.narrow(0, rows - 1, 1).into_data().to_vec().unwrap();
+        assert!(last.iter().all(|v| (v - 2.0).abs() < 1e-6), "{:?}", &last[..4]);
     }
 
     #[test]

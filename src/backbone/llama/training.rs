@@ -188,7 +188,7 @@ fn rope_launch<R: CubeRuntime>(
     back: bool,
 ) -> burn_cubecl::tensor::CubeTensor<R> {
     let dst = empty(&src, shape, src.dtype);
-    let (count, dim) = per_element(shape[0] * shape[1]);
+    let (count, dim) = per_element(&src, shape[0] * shape[1]);
     let f = src.dtype.into();
     // SAFETY: unit `o < dst.len()` writes one element of `dst` and reads two of `src`, which
     // holds the same elements in the other layout (the caller checks the shapes: `hd` even and
@@ -286,7 +286,7 @@ fn silu_mul_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let (a, u, dy) = (contiguous(saved.a), contiguous(saved.b), contiguous(dy));
     let shape = a.meta.shape().clone();
     let (da, du) = (empty(&a, shape.clone(), a.dtype), empty(&a, shape, a.dtype));
-    let (count, dim) = per_element(a.meta.shape().num_elements());
+    let (count, dim) = per_element(&a, a.meta.shape().num_elements());
     let f = a.dtype.into();
     // SAFETY: unit `i` reads and writes index `i` of five contiguous tensors of one shape, only
     // when `i < a.len()`.
