@@ -10,7 +10,9 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};
+#[cfg(feature = "cubecl")]
+use burn::optim::AdaptiveMomentumState;
+use burn::optim::{AdamW, AdamWConfig, AdamWState, LearningRate, SimpleOptimizer};
 use burn::tensor::Tensor;
 
 use crate::{ArAutodiffBackend, ArBackend};
@@ -35,6 +37,7 @@ use crate::{ArAutodiffBackend, ArBackend};
 /// assert_eq!(model.weight.dims(), [4, 2]);
 /// ```
 #[derive(Clone)]
+#[cfg_attr(not(feature = "cubecl"), allow(dead_code))]
 pub struct FusedAdamW {
     beta_1: f32,
     beta_2: f32,
@@ -69,6 +72,7 @@ impl FusedAdamW {
 }
 
 /// The scalars of one AdamW update, in the precision Burn's tensor operations use them.
+#[cfg(feature = "cubecl")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub struct AdamwScalars {

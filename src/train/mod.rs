@@ -13,6 +13,7 @@ mod schedule;
 pub use crate::refiner::{cosine_loss, PreparedLoss, RefinementLoss};
 #[cfg(feature = "cubecl")]
 pub(crate) use adamw::cube_update as cube_adamw_update;
+#[cfg(feature = "cubecl")]
 #[doc(hidden)]
 pub use adamw::AdamwScalars;
 pub use adamw::FusedAdamW;
