@@ -6,6 +6,7 @@
 //!     [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] \
 //!     [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv gemm|backend] \
 //!     [--seed 0] [--checkpoint-every 500] [--out target/tokenizer-run]
+//! cargo run --release --example train_tokenizer -- --eval DIR [--data DIR] [--val-images 1000]
 //! ```
 //!
 //! Images: the shared Tiny-ImageNet training mosaics (`--data`, `AR_REFINE_DATA` or
@@ -19,7 +20,10 @@
 //! resumed loss curve is the uninterrupted one). `--time-budget` ends the
 //! training within that many seconds (the step count is planned from the measured step time, see
 //! `ar_refine::train::TimeBudget`). `--log-every N` prints one line per N steps with the step
-//! time. With `--features cuda` it trains on the GPU.
+//! time. With `--features cuda` it trains on the GPU. `--eval DIR` trains nothing: it loads the
+//! tokenizer in `DIR` (any layout `Vqgan::load` reads, e.g. `scripts/demo_v2/tokenizer.py`'s
+//! export) and prints its validation reconstruction PSNR and how many distinct codes the
+//! validation photos use.
 
 #[path = "common/args.rs"]
 mod args;
@@ -35,12 +39,13 @@ use ar_refine::tokenizer::{
     VqTrainConfig, Vqgan, VqganConfig,
 };
 use ar_refine::train::TimeBudget;
+use ar_refine::Tokenizer;
 use args::{AnyResult, Args};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use setup::B;
 
-const USAGE: &str = "cargo run --release --example train_tokenizer -- [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv gemm|backend] [--seed 0] [--checkpoint-every 500] [--out DIR]";
+const USAGE: &str = "cargo run --release --example train_tokenizer -- [--eval DIR] [--data DIR] [--train-images N] [--val-images N] [--resolution 64] [--hidden 64] [--mult 1,2,2] [--res-blocks 2] [--codebook 1024] [--dim 32] [--steps 2000] [--batch 32] [--lr 2e-4] [--recon l1|l2] [--restart-every 100] [--time-budget SECS] [--log-every 20] [--conv gemm|backend] [--seed 0] [--checkpoint-every 500] [--out DIR]";
 
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
@@ -65,7 +70,11 @@ fn main() -> AnyResult<()> {
         "seed",
         "checkpoint-every",
         "out",
+        "eval",
     ])?;
+    if let Some(dir) = args.path("eval") {
+        return evaluate(&args, &dir);
+    }
     let resolution: usize = args.get("resolution", 64)?;
     let mult: Vec<usize> = args.list("mult", "1,2,2")?;
     let dim: usize = args.get("dim", 32)?;
@@ -162,6 +171,33 @@ fn main() -> AnyResult<()> {
         mean(&state.losses[..n]),
         mean(&state.losses[state.losses.len() - n..]),
         used_sum as f64 / state.step.max(1) as f64
+    );
+    Ok(())
+}
+
+/// `--eval DIR`: the validation reconstruction PSNR of a saved tokenizer.
+fn evaluate(args: &Args, dir: &std::path::Path) -> AnyResult<()> {
+    let device = setup::device();
+    let vq = Vqgan::<B>::load(dir, None, &device)?;
+    let setup::Images { val, .. } = setup::images(args)?;
+    let val_n: usize = args.get("val-images", 1000)?;
+    let val = val.split(val_n).0.resized(vq.config().resolution)?;
+    // one pass: the same sum as `reconstruction_psnr`, and the codes the photos use
+    let (mut total, mut used) = (0.0, std::collections::BTreeSet::new());
+    for s in (0..val.len()).step_by(64) {
+        let idx: Vec<usize> = (s..(s + 64).min(val.len())).collect();
+        let x = val.batch::<B>(&idx, &device)?;
+        let ids = vq.encode(x.clone())?;
+        total += ar_refine::eval::psnr(x, vq.decode(ids.clone())?)? * idx.len() as f64;
+        used.extend(ids.into_data().iter::<i64>());
+    }
+    let psnr = total / val.len().max(1) as f64;
+    println!(
+        "{{\"tokenizer\":{:?},\"val_images\":{},\"val_psnr\":{psnr:.3},\"distinct_codes\":{},\"codebook\":{}}}",
+        dir.display().to_string(),
+        val.len(),
+        used.len(),
+        vq.config().num_embeddings
     );
     Ok(())
 }

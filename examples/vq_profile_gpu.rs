@@ -22,6 +22,7 @@ use ar_refine::decode::{nearest_codes, Metric};
 use ar_refine::tokenizer::{
     apply_conv, apply_conv_padded, set_conv_path, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
 };
+use ar_refine::train::FusedAdamW;
 use ar_refine::ArBackend;
 use args::{AnyResult, Args};
 use burn::backend::{Autodiff, Cuda};
@@ -89,6 +90,28 @@ fn main() -> AnyResult<()> {
     Ok(())
 }
 
+type Model = ar_refine::tokenizer::VqganModel<A>;
+
+/// One row: the whole training step of `model` on `images` with `optim`.
+fn step_row(
+    what: &str,
+    mut optim: impl Optimizer<Model, A>,
+    model: &mut Model,
+    images: &Tensor<A, 4>,
+    device: &burn::tensor::Device<B>,
+    reps: usize,
+) {
+    row(
+        what,
+        time(device, reps, || {
+            let l = vq_losses(model, images.clone(), Recon::L1, 1.0, 0.25).unwrap();
+            let grads = GradientsParams::from_grads(l.total.backward(), &*model);
+            *model = optim.step(1e-4, model.clone(), grads);
+        }),
+        None,
+    );
+}
+
 /// The phases of one training step of `model` on `images`.
 fn phases(
     model: &mut ar_refine::tokenizer::VqganModel<A>,
@@ -114,15 +137,25 @@ fn phases(
         }),
         None,
     );
-    let mut optim = AdamWConfig::new().init::<A, _>();
-    row(
+    // Burn's AdamW, then the optimizer `train_vqgan` uses (each parameter tensor's update in
+    // one kernel).
+    let burn_adamw = AdamWConfig::new().init::<A, Model>();
+    step_row(
         "full step (+ gradients collected, AdamW)",
-        time(device, reps, || {
-            let l = vq_losses(model, images.clone(), Recon::L1, 1.0, 0.25).unwrap();
-            let grads = GradientsParams::from_grads(l.total.backward(), &*model);
-            *model = optim.step(1e-4, model.clone(), grads);
-        }),
-        None,
+        burn_adamw,
+        model,
+        images,
+        device,
+        reps,
+    );
+    let fused = FusedAdamW::init::<A, Model>(0.5, 0.9, 0.0);
+    step_row(
+        "full step (+ gradients collected, FusedAdamW)",
+        fused,
+        model,
+        images,
+        device,
+        reps,
     );
     // Forward passes under `Autodiff` that are never differentiated: Burn 0.21 frees the graphs
     // of dropped tensors (and every tensor saved for their backward pass) only at the next

@@ -10,7 +10,7 @@ mkdir -p "$out" .run
 xz -dc .bin/vq_profile_gpu.xz > .run/vq_profile_gpu && chmod +x .run/vq_profile_gpu
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt"
 {
-    echo '# ours, row-range convolutions, fused GroupNorm + SiLU kernels'
+    echo '# ours, row-range convolutions, fused GroupNorm + SiLU kernels, FusedAdamW row last'
     timeout 150 .run/vq_profile_gpu --reps 10 --conv gemm
     echo '# ours, the same with AR_REFINE_FUSED=0 (GroupNorm and SiLU as Burn tensor ops)'
     AR_REFINE_FUSED=0 timeout 150 .run/vq_profile_gpu --reps 10 --conv gemm

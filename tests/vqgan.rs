@@ -7,8 +7,9 @@ mod common;
 use ar_refine::ArBackend;
 use std::path::PathBuf;
 
+use ar_refine::data::ImageSet;
 use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
-use ar_refine::tokenizer::{Layout, PixelRange, Vqgan, VqganConfig};
+use ar_refine::tokenizer::{reconstruction_psnr, Layout, PixelRange, Vqgan, VqganConfig};
 use ar_refine::{Error, Tokenizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::to_vec;
@@ -209,3 +210,23 @@ backend_tests!(
     bad_inputs_are_typed_errors,
     chunked_batches_equal_one_pass,
 );
+
+/// The demo v2 tokenizer (`models/tiny-lvm-v2/tokenizer`, written by
+/// `scripts/demo_v2/tokenizer.py` in PyTorch) loads as the crate's VQGAN and reconstructs the
+/// bundled photos, which no tokenizer was trained on, far better than the v1 tokenizer: a
+/// wrong layout, a misread l2-normalised codebook or a transposed tensor would bring it down to
+/// noise.
+#[test]
+fn demo_v2_tokenizer_reconstructs_unseen_photos() {
+    type B = burn::backend::NdArray;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let device = Default::default();
+    let v2 = Vqgan::<B>::load(root.join("models/tiny-lvm-v2/tokenizer"), None, &device).unwrap();
+    let v1 = Vqgan::<B>::load(root.join("models/tiny-lvm/tokenizer"), None, &device).unwrap();
+    assert_eq!((v2.config().num_embeddings, v2.config().embed_dim), (1024, 8));
+    let photos = ImageSet::from_folder(root.join("assets/photos"), 64).unwrap();
+    let new = reconstruction_psnr(&v2, &photos, 8, &device).unwrap();
+    let old = reconstruction_psnr(&v1, &photos, 8, &device).unwrap();
+    eprintln!("bundled photos: v2 {new:.2} dB, v1 {old:.2} dB");
+    assert!(new > 20.0 && new > old + 4.0, "v2 {new:.2} dB, v1 {old:.2} dB");
+}
