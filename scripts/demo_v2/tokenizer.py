@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import Every
+
 HIDDEN, MULT, BLOCKS, Z = 64, (1, 2, 2), 2, 32
 
 
@@ -288,7 +290,8 @@ def train(a):
 
     refresh()
     usage = torch.zeros(a.codes, device="cuda")
-    start, last_refresh, last_ckpt, last_eval = time.time(), time.time(), time.time(), time.time()
+    start, last_refresh = time.time(), time.time()
+    eval_timer, ckpt_timer = Every(a.eval_every), Every(a.ckpt_every)
     base = state["seconds"]
     sched_total = a.total_seconds or a.seconds
 
@@ -360,12 +363,10 @@ def train(a):
             print(json.dumps({"step": state["step"], "seconds": round(secs, 1), "rec_mse": round(rec.item(), 5),
                               "q": round(qloss.item(), 5), "lr": lr_at(state["step"], secs),
                               "dead_at_last_restart": state.get("last_dead")}), flush=True)
-        if time.time() - last_eval > a.eval_every:
+        if eval_timer.due():
             evaluate("periodic")
-            last_eval = time.time()
-        if a.ckpt and time.time() - last_ckpt > a.ckpt_every:
+        if a.ckpt and ckpt_timer.due():
             save()
-            last_ckpt = time.time()
             if a.export:
                 export(model, a.codes, a.code_dim, a.export)
     evaluate("end")

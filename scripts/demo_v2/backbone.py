@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""PyTorch recipe for the demo LVM's backbone (issue [demo-model-v2] item 2): a LLaMA
+(transformers `LlamaForCausalLM`, the HF layout `ar_refine::backbone::Llama` loads) trained by
+next-token prediction over visual sentences of the three tasks, from the code files that
+`examples/task_tokens.rs` writes.
+
+    # sentences from OUT/train-{task}.u16, validation from OUT/val-{task}.u16
+    python3 scripts/demo_v2/backbone.py train --tokens DIR --hidden 320 --layers 6 \
+        --seconds 500 --total-tokens 1.3e9 --ckpt /tmp/bb/ckpt.pt --export OUT_DIR
+    # a scaling run: several widths at once on one GPU, validation loss against tokens seen
+    python3 scripts/demo_v2/backbone.py scaling --tokens DIR --widths 192,256,320 --seconds 240 --out scaling.jsonl
+
+A visual sentence, as LVM's (Bai et al. 2024) and as `ar_refine::data::build_sentences` builds
+them: `K` demonstration pairs and a query with its answer, all of one task, `[x_1, y_1, ...,
+x_K, y_K, x_q, y_q]`, each image its 256 codes (the vocabulary is the codebook: no separators).
+`K` is drawn from {1, 2, 3} per batch, the `K + 1` photos without replacement; every
+next-token prediction is scored. Validation: `K = 2` sentences whose photos all come from the
+validation files; cross-entropy and teacher-forced token accuracy on the query's answer image,
+per task (what `examples/pretrain_backbone.rs` reports). bf16 autocast, SDPA attention, AdamW
+beta (0.9, 0.95), weight decay 0.1, clip 1.0, warm-up then cosine to 10 % over `--total-tokens`.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import Every
+
+TASKS = ("colorization", "inpainting", "edges")
+
+
+def load_pairs(dir_, split):
+    """{task: uint16 array [pairs, 2, tokens]} of the files present."""
+    out = {}
+    for t in TASKS:
+        p = os.path.join(dir_, f"{split}-{t}.u16")
+        if os.path.exists(p):
+            meta = json.load(open(os.path.join(dir_, f"{split}-{t}.json")))
+            a = np.fromfile(p, dtype="<u2").reshape(-1, 2, meta["tokens_per_image"])
+            out[t] = torch.from_numpy(a.astype(np.int64))
+    if not out:
+        raise SystemExit(f"no {split}-*.u16 in {dir_}")
+    return out
+
+
+def sentences(pairs, k, batch, gen, device):
+    """`batch` sentences of one task (drawn uniformly) with `k` demonstrations, `k + 1` distinct
+    pairs each: [batch, (2k + 2) · tokens] on the pairs' device."""
+    names = list(pairs)
+    p = pairs[names[int(torch.randint(0, len(names), (1,), generator=gen))]]
+    n = len(p)
+    if n < k + 1:
+        raise SystemExit(f"{k} demonstrations and a query need {k + 1} pairs; {n} given")
+    idx = torch.randint(0, n, (batch, k + 1), generator=gen)
+    while True:  # redraw the rare rows that repeat a photo
+        s = idx.sort(1).values
+        bad = (s[:, 1:] == s[:, :-1]).any(1)
+        if not bad.any():
+            break
+        idx[bad] = torch.randint(0, n, (int(bad.sum()), k + 1), generator=gen)
+    return p[idx.to(p.device)].reshape(batch, -1)
+
+
+def model_for(hidden, layers, heads, codebook, context):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=codebook, hidden_size=hidden, intermediate_size=int(round(hidden * 8 / 3 / 32)) * 32,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=context, rope_theta=10000.0, rms_norm_eps=1e-6,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg)
+
+
+@torch.no_grad()
+def validate(model, val, per_task, tokens, device):
+    """Teacher-forced CE and token accuracy on the query's answer of fixed K = 2 sentences."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    rows = {}
+    for t, p in val.items():
+        s = sentences({t: p}, 2, per_task, gen, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=s).logits.float()
+        pred = logits[:, -tokens - 1 : -1]
+        gold = s[:, -tokens:]
+        rows[t] = {"ce": round(F.cross_entropy(pred.reshape(-1, pred.shape[-1]), gold.reshape(-1)).item(), 4),
+                   "acc": round((pred.argmax(-1) == gold).float().mean().item(), 4)}
+    model.train()
+    return rows
+
+
+def export(model, out_dir, f32=False):
+    """HF layout: config.json + model.safetensors (f16), and with `f32` the f32 weights for a
+    later piece on another machine."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    model.config.save_pretrained(out_dir)
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file({k: v.half() for k, v in sd.items()}, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    if f32:
+        save_file(sd, os.path.join(out_dir, "f32.safetensors"), metadata={"format": "pt"})
+
+
+def train(a):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    train_pairs = {t: p.to(device) for t, p in load_pairs(a.tokens, "train").items()}
+    val = {t: p.to(device) for t, p in load_pairs(a.tokens, "val").items()} if a.val else None
+    meta = json.load(open(os.path.join(a.tokens, f"train-{list(train_pairs)[0]}.json")))
+    tokens, codebook = meta["tokens_per_image"], meta["codebook"]
+    model = model_for(a.hidden, a.layers, a.heads or max(1, a.hidden // 64), codebook, 8 * tokens).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    keep = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": keep, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
+    if a.ckpt and os.path.exists(a.ckpt):
+        ck = torch.load(a.ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        gen.set_state(ck["gen"])
+        print(f"resumed at step {state['step']}, {state['tokens'] / 1e6:.0f}M tokens", flush=True)
+    elif a.init_f32:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(a.init_f32))
+        print(f"weights from {a.init_f32} (fresh optimizer)", flush=True)
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"params": params, "hidden": a.hidden, "layers": a.layers, "train_pairs": {t: len(p) for t, p in train_pairs.items()}}), flush=True)
+
+    def lr_at(tok):
+        warm = min(1.0, tok / a.warmup_tokens)
+        frac = min(1.0, tok / a.total_tokens)
+        return a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def save():
+        if a.ckpt:
+            os.makedirs(os.path.dirname(a.ckpt) or ".", exist_ok=True)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "gen": gen.get_state(),
+                        "args": vars(a)}, a.ckpt + ".tmp")
+            os.replace(a.ckpt + ".tmp", a.ckpt)
+
+    def evaluate(tag):
+        row = {"step": state["step"], "tokens": state["tokens"], "seconds": round(state["seconds"], 1), "tag": tag,
+               "train_loss": state.get("loss")}
+        if val is not None:
+            row["val"] = validate(model, val, a.val_sentences, tokens, device)
+        state["curve"].append(row)
+        print(json.dumps(row), flush=True)
+
+    start, base = time.time(), state["seconds"]
+    eval_timer, ckpt_timer = Every(a.eval_every), Every(a.ckpt_every)
+    losses = []
+    while time.time() - start < a.seconds and state["tokens"] < a.total_tokens:
+        k = int(torch.randint(1, 4, (1,), generator=gen))
+        # the same number of tokens per step whatever K is
+        b = max(1, a.batch_tokens // ((2 * k + 2) * tokens))
+        s = sentences(train_pairs, k, b, gen, device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(state["tokens"])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=s).logits
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, codebook), s[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        state["tokens"] += s.numel()
+        state["seconds"] = base + time.time() - start
+        losses.append(loss.detach())
+        if state["step"] % 100 == 0:
+            state["loss"] = round(torch.stack(losses).mean().item(), 4)
+            losses = []
+            print(json.dumps({"step": state["step"], "tokens_M": round(state["tokens"] / 1e6, 1),
+                              "loss": state["loss"], "lr": lr_at(state["tokens"]),
+                              "tok_per_s": round(state["tokens"] / max(state["seconds"], 1e-9))}), flush=True)
+        if eval_timer.due():
+            evaluate("periodic")
+        if a.ckpt and ckpt_timer.due():
+            save()
+    evaluate("end")
+    save()
+    if a.export:
+        export(model, a.export, f32=True)
+        with open(os.path.join(a.export, "curve.jsonl"), "w") as f:
+            for row in state["curve"]:
+                f.write(json.dumps(row) + "\n")
+    if a.result:
+        with open(a.result, "a") as f:
+            f.write(json.dumps({"hidden": a.hidden, "layers": a.layers, "params": params, **state["curve"][-1]}) + "\n")
+
+
+def scaling(a):
+    """`--widths` trained at once on one GPU for `--seconds` each (same data, same schedule
+    length in tokens), one line per width and per evaluation in `--out`."""
+    procs = []
+    for w in [int(x) for x in a.widths.split(",")]:
+        cmd = [sys.executable, __file__, "train", "--tokens", a.tokens, "--hidden", str(w), "--layers", str(a.layers),
+               "--seconds", str(a.seconds), "--total-tokens", str(a.total_tokens), "--eval-every", str(a.eval_every),
+               "--val", "--result", a.out, "--export", f"{a.out}.{w}"]
+        procs.append(subprocess.Popen(cmd, stdout=open(f"{a.out}.{w}.log", "w"), stderr=subprocess.STDOUT))
+    for p in procs:
+        p.wait()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--tokens", required=True)
+    t.add_argument("--hidden", type=int, default=320)
+    t.add_argument("--layers", type=int, default=6)
+    t.add_argument("--heads", type=int, default=0, help="default: hidden / 64")
+    t.add_argument("--batch-tokens", type=int, default=65536)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup-tokens", type=float, default=2e7)
+    t.add_argument("--total-tokens", type=float, default=1.3e9)
+    t.add_argument("--seconds", type=float, default=500)
+    t.add_argument("--val", action="store_true", help="validate on OUT/val-*.u16")
+    t.add_argument("--val-sentences", type=int, default=256)
+    t.add_argument("--eval-every", type=float, default=120)
+    t.add_argument("--ckpt", default="")
+    t.add_argument("--ckpt-every", type=float, default=120)
+    t.add_argument("--init-f32", default="")
+    t.add_argument("--export", default="")
+    t.add_argument("--result", default="")
+    t.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("scaling")
+    s.add_argument("--tokens", required=True)
+    s.add_argument("--widths", default="192,256,320")
+    s.add_argument("--layers", type=int, default=6)
+    s.add_argument("--seconds", type=float, default=240)
+    s.add_argument("--total-tokens", type=float, default=3e8)
+    s.add_argument("--eval-every", type=float, default=60)
+    s.add_argument("--out", required=True)
+    a = p.parse_args()
+    train(a) if a.cmd == "train" else scaling(a)
+
+
+if __name__ == "__main__":
+    main()
