@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from common import Every
 
 HIDDEN, MULT, BLOCKS, Z = 64, (1, 2, 2), 2, 32
+# the GPU when there is one (the CPU runs the same code, slowly: for checking the recipe)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def norm(c):
@@ -170,7 +172,7 @@ class Vqgan(nn.Module):
 
     def nearest(self, z):
         """Nearest code per row of `z` [m, dim], in f32 (outside autocast)."""
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(DEV, enabled=False):
             z, c = z.float(), self.codebook().float()
             if self.l2:
                 return (z @ c.t()).argmax(1)
@@ -205,9 +207,9 @@ def psnr_of(model, imgs, batch=256):
     and how many distinct codes they use."""
     model.eval()
     vals, used = [], set()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16, enabled=DEV == "cuda"):
         for i in range(0, len(imgs), batch):
-            x = imgs[i : i + batch].cuda().float() / 255
+            x = imgs[i : i + batch].to(DEV).float() / 255
             y, _, ids, _ = model(x)
             y = y.float().clamp(0, 1)
             mse = ((y - x) ** 2).flatten(1).mean(1).clamp_min(1e-10)
@@ -250,11 +252,11 @@ def train(a):
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    model = Vqgan(a.codes, a.code_dim, a.l2).cuda().to(memory_format=torch.channels_last)
+    model = Vqgan(a.codes, a.code_dim, a.l2).to(DEV).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = {"step": 0, "seconds": 0.0, "images": 0, "curve": []}
     if a.ckpt and os.path.exists(a.ckpt):
-        ck = torch.load(a.ckpt, map_location="cuda", weights_only=False)
+        ck = torch.load(a.ckpt, map_location=DEV, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         state = ck["state"]
@@ -275,7 +277,7 @@ def train(a):
     if a.val:
         raw = np.fromfile(a.val, dtype=np.uint8)
         val = torch.from_numpy(raw.reshape(-1, 64, 64, 3).transpose(0, 3, 1, 2).copy())[: a.val_n]
-    seen, data = set(), torch.zeros(0, 3, 64, 64, dtype=torch.uint8, device="cuda")
+    seen, data = set(), torch.zeros(0, 3, 64, 64, dtype=torch.uint8, device=DEV)
 
     def refresh():
         nonlocal data
@@ -284,12 +286,12 @@ def train(a):
         if a.max_mosaics:
             new = new[: max(0, a.max_mosaics - len(seen))]
         if new:
-            data = torch.cat([data, load_mosaics(new).cuda()])
+            data = torch.cat([data, load_mosaics(new).to(DEV)])
             seen.update(os.path.basename(p) for p in new)
             print(f"data: {len(seen)} mosaics, {len(data)} photos", flush=True)
 
     refresh()
-    usage = torch.zeros(a.codes, device="cuda")
+    usage = torch.zeros(a.codes, device=DEV)
     start, last_refresh = time.time(), time.time()
     eval_timer, ckpt_timer = Every(a.eval_every), Every(a.ckpt_every)
     base = state["seconds"]
@@ -328,19 +330,19 @@ def train(a):
         if time.time() - last_refresh > 20:
             refresh()
             last_refresh = time.time()
-        idx = torch.randint(0, len(data), (a.batch,), device="cuda")
+        idx = torch.randint(0, len(data), (a.batch,), device=DEV)
         x = data[idx].float().div_(255)
-        flip = torch.rand(a.batch, device="cuda") < 0.5
+        flip = torch.rand(a.batch, device=DEV) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x).contiguous(memory_format=torch.channels_last)
         if not state.get("init_codes_done"):
             with torch.no_grad():
                 z = model.latents(x)
-                pick = torch.randperm(len(z), device="cuda")[: a.codes]
+                pick = torch.randperm(len(z), device=DEV)[: a.codes]
                 model.quantize.embedding.weight.copy_(z[pick])
             state["init_codes_done"] = True
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], secs)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=DEV == "cuda"):
             y, qloss, ids, z = model(x)
             rec = F.mse_loss(y.float(), x)
             loss = rec + qloss
@@ -355,7 +357,7 @@ def train(a):
                 dead = (usage == 0).nonzero().flatten()
                 if len(dead) > 0 and secs < 0.8 * sched_total:
                     zz = z.detach()
-                    pick = torch.randint(0, len(zz), (len(dead),), device="cuda")
+                    pick = torch.randint(0, len(zz), (len(dead),), device=DEV)
                     model.quantize.embedding.weight[dead] = zz[pick] + 1e-3 * torch.randn_like(zz[pick])
                 state["last_dead"] = int(len(dead))
             usage.zero_()

@@ -5,6 +5,11 @@
 #                 the VQGAN step timing of [gpu-speed] (idle GPU), then the codebook sweep, then the
 #                 chosen configuration's training started in the background (it picks up the
 #                 mosaics later calls bring).
+#   STAGE=resume  [a part with val256.u8 (VAL=its path), INIT's files]: a further piece of a
+#                 trained tokenizer in the background, no sweep: `--init-f32 $INIT` (comma-separated
+#                 f32 files or the shipped f16 model.safetensors), codes and width from CONFIG
+#                 (default models/tiny-lvm-v2/tokenizer/config.json), a new schedule of
+#                 SECONDS_MAIN and peak LR (default 2e-4).
 #   STAGE=upload  [.data/tok/b, c, ...]: prints the trainer's log; copies its latest export.
 #   STAGE=finish  waits for the trainer and copies the final export (f16 model, f32 parts, curve).
 # Locally: mkdir -p .data/tok/{a..f}, the mosaics spread over them (scripts/demo_v2/README.md).
@@ -34,6 +39,16 @@ first)
         --codes "$codes" --code-dim "$dim" $flag --val "$PWD/.data/tok/a/val256.u8" --seconds "$seconds" \
         --total-seconds "$seconds" --eval-every 90 --export /tmp/tok/export > /tmp/tok/main.log 2>&1 < /dev/null &
     sleep 20; cat /tmp/tok/main.log
+    ;;
+resume)
+    config=${CONFIG:-models/tiny-lvm-v2/tokenizer/config.json}
+    read -r codes dim < <(python3 -c "import json; c = json.load(open('$config')); print(c['num_embeddings'], c['embed_dim'])")
+    data_root=$(dirname "$(dirname "${VAL:?VAL=path of val256.u8}")")
+    setsid nohup python3 scripts/demo_v2/tokenizer.py train --data "$PWD/$data_root" --ckpt /tmp/tok/main.pt \
+        --init-f32 "${INIT:?INIT=weights to start from}" --codes "$codes" --code-dim "$dim" --lr "${LR:-2e-4}" \
+        --val "$PWD/$VAL" --seconds "$seconds" --total-seconds "$seconds" --eval-every 90 \
+        --export /tmp/tok/export > /tmp/tok/main.log 2>&1 < /dev/null &
+    sleep 30; cat /tmp/tok/main.log
     ;;
 upload)
     ls .data/tok/*/ | grep -c jpg
