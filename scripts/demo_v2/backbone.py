@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import Every
+from common import Every, resume, save_checkpoint
 
 TASKS = ("colorization", "inpainting", "edges")
 
@@ -124,18 +124,9 @@ def train(a):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": keep, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
-    if a.ckpt and os.path.exists(a.ckpt):
-        ck = torch.load(a.ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
+    state, ck = resume(a.ckpt, a.init_f32, model, opt, state, device)
+    if ck is not None:
         gen.set_state(ck["gen"])
-        print(f"resumed at step {state['step']}, {state['tokens'] / 1e6:.0f}M tokens", flush=True)
-    elif a.init_f32:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(a.init_f32))
-        print(f"weights from {a.init_f32} (fresh optimizer)", flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"params": params, "hidden": a.hidden, "layers": a.layers, "train_pairs": {t: len(p) for t, p in train_pairs.items()}}), flush=True)
 
@@ -146,10 +137,8 @@ def train(a):
 
     def save():
         if a.ckpt:
-            os.makedirs(os.path.dirname(a.ckpt) or ".", exist_ok=True)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "gen": gen.get_state(),
-                        "args": vars(a)}, a.ckpt + ".tmp")
-            os.replace(a.ckpt + ".tmp", a.ckpt)
+            save_checkpoint(a.ckpt, model=model.state_dict(), opt=opt.state_dict(), state=state,
+                            gen=gen.get_state(), args=vars(a))
 
     def evaluate(tag):
         row = {"step": state["step"], "tokens": state["tokens"], "seconds": round(state["seconds"], 1), "tag": tag,

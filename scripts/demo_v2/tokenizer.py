@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import Every
+from common import Every, resume, save_checkpoint
 
 HIDDEN, MULT, BLOCKS, Z = 64, (1, 2, 2), 2, 32
 # the GPU when there is one (the CPU runs the same code, slowly: for checking the recipe)
@@ -255,21 +255,9 @@ def train(a):
     model = Vqgan(a.codes, a.code_dim, a.l2).to(DEV).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = {"step": 0, "seconds": 0.0, "images": 0, "curve": []}
-    if a.ckpt and os.path.exists(a.ckpt):
-        ck = torch.load(a.ckpt, map_location=DEV, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        print(f"resumed at step {state['step']}, {state['seconds']:.0f} s", flush=True)
-    elif a.init_f32:
-        from safetensors.torch import load_file
-
-        sd = {}
-        for p in a.init_f32.split(","):
-            sd.update(load_file(p))
-        model.load_state_dict(sd)
-        state["init_codes_done"] = True
-        print(f"weights from {a.init_f32} (fresh optimizer)", flush=True)
+    state, ck = resume(a.ckpt, a.init_f32, model, opt, state, DEV)
+    if ck is None and a.init_f32:
+        state["init_codes_done"] = True  # trained codes: not re-drawn from encoder outputs
 
     held = load_mosaics([a.held_out]) if a.held_out else None
     held = held[: a.held_n] if held is not None else None
@@ -304,10 +292,7 @@ def train(a):
 
     def save():
         if a.ckpt:
-            os.makedirs(os.path.dirname(a.ckpt) or ".", exist_ok=True)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
-                        "args": vars(a)}, a.ckpt + ".tmp")
-            os.replace(a.ckpt + ".tmp", a.ckpt)
+            save_checkpoint(a.ckpt, model=model.state_dict(), opt=opt.state_dict(), state=state, args=vars(a))
 
     def evaluate(tag):
         row = {"step": state["step"], "seconds": round(state["seconds"], 1), "images": state["images"],
