@@ -21,6 +21,7 @@ beta (0.9, 0.95), weight decay 0.1, clip 1.0, warm-up then cosine to 10 % over `
 """
 import argparse
 import json
+import glob
 import math
 import os
 import subprocess
@@ -36,18 +37,24 @@ from common import Every, resume, save_checkpoint
 TASKS = ("colorization", "inpainting", "edges")
 
 
-def load_pairs(dir_, split):
-    """{task: uint16 array [pairs, 2, tokens]} of the files present."""
-    out = {}
+def load_pairs(dir_, split, required=True):
+    """{task: int64 tensor [pairs, 2, tokens]} of every `{split}-{task}.u16` in `dir_` or in any
+    folder below it (the GPU machine receives the photos in parts and tokenizes each part into a
+    folder of its own), parts concatenated in path order; and the sorted part files read."""
+    out, files = {}, []
     for t in TASKS:
-        p = os.path.join(dir_, f"{split}-{t}.u16")
-        if os.path.exists(p):
-            meta = json.load(open(os.path.join(dir_, f"{split}-{t}.json")))
+        paths = sorted(glob.glob(os.path.join(dir_, "**", f"{split}-{t}.u16"), recursive=True))
+        parts = []
+        for p in paths:
+            meta = json.load(open(p[: -len(".u16")] + ".json"))
             a = np.fromfile(p, dtype="<u2").reshape(-1, 2, meta["tokens_per_image"])
-            out[t] = torch.from_numpy(a.astype(np.int64))
-    if not out:
-        raise SystemExit(f"no {split}-*.u16 in {dir_}")
-    return out
+            parts.append(torch.from_numpy(a.astype(np.int64)))
+            files.append(p)
+        if parts:
+            out[t] = torch.cat(parts)
+    if not out and required:
+        raise SystemExit(f"no {split}-*.u16 in {dir_} or below")
+    return out, sorted(files)
 
 
 def sentences(pairs, k, batch, gen, device):
@@ -114,9 +121,10 @@ def train(a):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    train_pairs = {t: p.to(device) for t, p in load_pairs(a.tokens, "train").items()}
-    val = {t: p.to(device) for t, p in load_pairs(a.tokens, "val").items()} if a.val else None
-    meta = json.load(open(os.path.join(a.tokens, f"train-{list(train_pairs)[0]}.json")))
+    loaded, seen = load_pairs(a.tokens, "train")
+    train_pairs = {t: p.to(device) for t, p in loaded.items()}
+    val = {t: p.to(device) for t, p in load_pairs(a.tokens, "val")[0].items()} if a.val else None
+    meta = json.load(open(glob.glob(os.path.join(a.tokens, "**", "train-*.json"), recursive=True)[0]))
     tokens, codebook = meta["tokens_per_image"], meta["codebook"]
     model = model_for(a.hidden, a.layers, a.heads or max(1, a.hidden // 64), codebook, 8 * tokens).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -131,8 +139,10 @@ def train(a):
     print(json.dumps({"params": params, "hidden": a.hidden, "layers": a.layers, "train_pairs": {t: len(p) for t, p in train_pairs.items()}}), flush=True)
 
     def lr_at(tok):
+        # cosine over tokens, or over wall-clock seconds with --total-seconds (a run planned as
+        # pieces of a lease whose throughput is known only once it runs)
         warm = min(1.0, tok / a.warmup_tokens)
-        frac = min(1.0, tok / a.total_tokens)
+        frac = min(1.0, state["seconds"] / a.total_seconds if a.total_seconds else tok / a.total_tokens)
         return a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def save():
@@ -151,7 +161,15 @@ def train(a):
     start, base = time.time(), state["seconds"]
     eval_timer, ckpt_timer = Every(a.eval_every), Every(a.ckpt_every)
     losses = []
+    pool_timer = Every(30)
     while time.time() - start < a.seconds and state["tokens"] < a.total_tokens:
+        if a.total_seconds and state["seconds"] >= a.total_seconds:
+            break
+        if pool_timer.due():  # parts tokenized since the last look join the pool
+            again, files = load_pairs(a.tokens, "train")
+            if files != seen:
+                train_pairs, seen = {t: p.to(device) for t, p in again.items()}, files
+                print(json.dumps({"pool": {t: len(p) for t, p in train_pairs.items()}, "step": state["step"]}), flush=True)
         k = int(torch.randint(1, 4, (1,), generator=gen))
         # the same number of tokens per step whatever K is
         b = max(1, a.batch_tokens // ((2 * k + 2) * tokens))
@@ -198,10 +216,51 @@ def scaling(a):
     for w in [int(x) for x in a.widths.split(",")]:
         cmd = [sys.executable, __file__, "train", "--tokens", a.tokens, "--hidden", str(w), "--layers", str(a.layers),
                "--seconds", str(a.seconds), "--total-tokens", str(a.total_tokens), "--eval-every", str(a.eval_every),
-               "--val", "--result", a.out, "--export", f"{a.out}.{w}"]
+               "--val", "--val-sentences", str(a.val_sentences), "--result", a.out, "--export", f"{a.out}.{w}"]
         procs.append(subprocess.Popen(cmd, stdout=open(f"{a.out}.{w}.log", "w"), stderr=subprocess.STDOUT))
     for p in procs:
         p.wait()
+
+
+def choose(a):
+    """The main run's width from a scaling run, by a rule fixed before it ran: the widest width
+    whose f16 weights fit `--max-mib` and whose throughput reaches `--goal-tokens` in
+    `--main-seconds`. The scaling run's widths share one GPU, so each one's throughput alone is
+    estimated as its shared rate times the number of widths. Also prints every width's
+    validation cross-entropy (mean over tasks) at the tokens all of them reached, the scaling
+    result."""
+    rows = {}
+    for path in sorted(glob.glob(f"{a.out}.*/curve.jsonl")):
+        w = int(os.path.basename(os.path.dirname(path)).rsplit(".", 1)[1])
+        curve = [json.loads(l) for l in open(path)]
+        cfg = json.load(open(os.path.join(os.path.dirname(path), "config.json")))
+        params = os.path.getsize(os.path.join(os.path.dirname(path), "model.safetensors")) / 2**20
+        rows[w] = {"curve": curve, "mib": round(params, 2), "rate": curve[-1]["tokens"] / curve[-1]["seconds"],
+                   "layers": cfg["num_hidden_layers"]}
+    if not rows:
+        raise SystemExit(f"no {a.out}.*/curve.jsonl")
+    common = min(r["curve"][-1]["tokens"] for r in rows.values())
+
+    def ce_at(curve, tok):
+        pts = [(c["tokens"], sum(v["ce"] for v in c["val"].values()) / len(c["val"])) for c in curve if "val" in c]
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:]):
+            if t0 <= tok <= t1:
+                return c0 + (c1 - c0) * (tok - t0) / max(t1 - t0, 1)
+        return pts[-1][1]
+
+    n = len(rows)
+    report = {"tokens_compared": common, "widths": {}}
+    for w, r in sorted(rows.items()):
+        alone = r["rate"] * n
+        report["widths"][w] = {"val_ce_at_common": round(ce_at(r["curve"], common), 4), "mib_f16": r["mib"],
+                               "shared_tok_per_s": round(r["rate"]), "est_alone_tok_per_s": round(alone),
+                               "fits": r["mib"] <= a.max_mib and alone * a.main_seconds >= a.goal_tokens}
+    fit = [w for w, v in report["widths"].items() if v["fits"]]
+    report["chosen"] = max(fit) if fit else min(rows)
+    report["layers"] = rows[report["chosen"]]["layers"]
+    print(json.dumps(report))
+    with open(a.out + ".choice.json", "w") as f:
+        json.dump(report, f)
 
 
 def main():
@@ -216,7 +275,9 @@ def main():
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup-tokens", type=float, default=2e7)
     t.add_argument("--total-tokens", type=float, default=1.3e9)
-    t.add_argument("--seconds", type=float, default=500)
+    t.add_argument("--seconds", type=float, default=500, help="this piece's wall-clock budget")
+    t.add_argument("--total-seconds", type=float, default=0,
+                   help="the whole run's seconds: the schedule's length in time instead of --total-tokens")
     t.add_argument("--val", action="store_true", help="validate on OUT/val-*.u16")
     t.add_argument("--val-sentences", type=int, default=256)
     t.add_argument("--eval-every", type=float, default=120)
@@ -233,9 +294,15 @@ def main():
     s.add_argument("--seconds", type=float, default=240)
     s.add_argument("--total-tokens", type=float, default=3e8)
     s.add_argument("--eval-every", type=float, default=60)
+    s.add_argument("--val-sentences", type=int, default=256)
     s.add_argument("--out", required=True)
+    c = sub.add_parser("choose")
+    c.add_argument("--out", required=True, help="the scaling run's --out")
+    c.add_argument("--main-seconds", type=float, required=True)
+    c.add_argument("--goal-tokens", type=float, default=1.25e9)
+    c.add_argument("--max-mib", type=float, default=16.0)
     a = p.parse_args()
-    train(a) if a.cmd == "train" else scaling(a)
+    {"train": train, "scaling": scaling, "choose": choose}[a.cmd](a)
 
 
 if __name__ == "__main__":

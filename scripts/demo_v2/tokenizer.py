@@ -23,6 +23,8 @@ outputs and unused codes are restarted from random encoder outputs (dead-code re
 Dhariwal et al. 2020, Jukebox, section 3.2 / Zeghidour et al. 2021). Loss: mean squared error
 in [0, 1] pixels + codebook + 0.25 commitment; AdamW beta (0.9, 0.99), lr 4e-4 after 500 warm-up
 steps, cosine to 10 % over the run's total seconds; bf16 autocast; random horizontal flips.
+`--decoder-only` fine-tunes `post_quant_conv` and the decoder of a trained tokenizer with the
+encoder and codes frozen, so every photo keeps its codes (token files made before stay valid).
 """
 import argparse
 import glob
@@ -228,14 +230,17 @@ def config_json(codes, dim):
     }
 
 
-def export(model, codes, dim, out_dir, f32_parts=False):
+def export(model, codes, dim, out_dir, f32_parts=False, raw_codes=False):
     """config.json + model.safetensors (f16, unit codes with l2 lookup); with `f32_parts` also
-    the f32 weights in two files of < 16 MiB (encoder side / decoder side) for resuming."""
+    the f32 weights in two files of < 16 MiB (encoder side / decoder side) for resuming. With
+    `raw_codes` the codebook is written as it is (a frozen codebook loaded from unit f16 codes:
+    normalising again could move a last bit, and with it a code the crate picks)."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    sd["quantize.embedding.weight"] = model.codebook().detach().float().cpu().contiguous()
+    if not raw_codes:
+        sd["quantize.embedding.weight"] = model.codebook().detach().float().cpu().contiguous()
     save_file({k: v.half() for k, v in sd.items()}, os.path.join(out_dir, "model.safetensors"))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config_json(codes, dim), f, indent=2)
@@ -253,9 +258,17 @@ def train(a):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     model = Vqgan(a.codes, a.code_dim, a.l2).to(DEV).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if a.decoder_only:
+        # the codes stay as they are (encoder, quant_conv and codebook frozen), so token files
+        # made with the starting tokenizer stay valid; only post_quant_conv and the decoder learn
+        for part in (model.encoder, model.quant_conv, model.quantize):
+            part.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = {"step": 0, "seconds": 0.0, "images": 0, "curve": []}
     state, ck = resume(a.ckpt, a.init_f32, model, opt, state, DEV)
+    if a.decoder_only and not (ck is not None or a.init_f32):
+        raise SystemExit("--decoder-only needs trained weights (--init-f32 or --ckpt)")
     if ck is None and a.init_f32:
         state["init_codes_done"] = True  # trained codes: not re-drawn from encoder outputs
 
@@ -337,7 +350,7 @@ def train(a):
         usage += torch.bincount(ids, minlength=a.codes).float()
         state["step"] += 1
         state["images"] += a.batch
-        if state["step"] % a.restart_every == 0:
+        if state["step"] % a.restart_every == 0 and not a.decoder_only:
             with torch.no_grad():
                 dead = (usage == 0).nonzero().flatten()
                 if len(dead) > 0 and secs < 0.8 * sched_total:
@@ -355,11 +368,11 @@ def train(a):
         if a.ckpt and ckpt_timer.due():
             save()
             if a.export:
-                export(model, a.codes, a.code_dim, a.export)
+                export(model, a.codes, a.code_dim, a.export, raw_codes=a.decoder_only)
     evaluate("end")
     save()
     if a.export:
-        export(model, a.codes, a.code_dim, a.export, f32_parts=True)
+        export(model, a.codes, a.code_dim, a.export, f32_parts=True, raw_codes=a.decoder_only)
         with open(os.path.join(a.export, "curve.jsonl"), "w") as f:
             for row in state["curve"]:
                 f.write(json.dumps(row) + "\n")
@@ -422,6 +435,8 @@ def main():
     t.add_argument("--ckpt-every", type=float, default=60)
     t.add_argument("--max-mosaics", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--decoder-only", action="store_true",
+                   help="fine-tune post_quant_conv + decoder only: the codes of every photo stay the same")
     s = sub.add_parser("sweep")
     s.add_argument("--data", required=True)
     s.add_argument("--held-out", required=True)
