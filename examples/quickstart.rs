@@ -14,7 +14,9 @@
 //! (token accuracy, PSNR, SSIM, what each refiner changed) and writes `OUT/TASK/comparison.png`
 //! (query | backbone | paper refiner | best refiner | truth) with the full report beside it.
 //! Photos: `--images DIR` (any image files, centre-cropped to 64×64), else the six bundled
-//! CC0/public-domain photos in `assets/photos/` (credits there).
+//! CC0/public-domain photos in `assets/photos/` (credits there). A `--models` folder without
+//! `refiner-*` folders (e.g. `models/tiny-lvm-v2`, whose refiners are not trained yet) shows the
+//! backbone alone.
 
 #[path = "common/args.rs"]
 mod args;
@@ -52,6 +54,13 @@ fn main() -> AnyResult<()> {
     let k: usize = args.get("k", 1)?;
     let device = Default::default();
     let start = Instant::now();
+    // the command as it was run, for the reports
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    let command = if given.is_empty() {
+        "cargo run --release --example quickstart".to_string()
+    } else {
+        format!("cargo run --release --example quickstart -- {}", given.join(" "))
+    };
 
     let vq = Vqgan::<B>::load(models.join("tokenizer"), None, &device)?;
     let lm = Llama::<B>::from_pretrained(models.join("backbone"), &device)?;
@@ -67,8 +76,16 @@ fn main() -> AnyResult<()> {
 
     let mut reports = Vec::new();
     for task in TASKS {
-        let best = load_refiner::<B>(models.join(format!("refiner-{task}")), &device)?;
-        let paper = load_refiner::<B>(models.join(format!("refiner-{task}-paper")), &device)?;
+        // the refiners the model folder has (a backbone without refiners yet is shown alone)
+        let mut refiners = Vec::new();
+        for (name, folder) in [
+            ("paper refiner", format!("refiner-{task}-paper")),
+            ("best refiner", format!("refiner-{task}")),
+        ] {
+            if models.join(&folder).exists() {
+                refiners.push((name, load_refiner::<B>(models.join(folder), &device)?));
+            }
+        }
         let t = task_by_name(task)?;
         let sentences = build_sentences(&photos, t.as_ref(), k, photos.len(), 11)?;
         let tokens = tokenize_sentences(&vq, &sentences, 16, &device)?;
@@ -82,25 +99,33 @@ fn main() -> AnyResult<()> {
         let pairs = generate_pairs(&lm, &tokens, &opts, &device, &mut |_, _| {})?;
         let gen_ms = t0.elapsed().as_secs_f64() * 1e3 / pairs.len() as f64;
         let targets: Vec<_> = sentences.iter().map(|s| s.target.clone()).collect();
-        let methods = [("paper refiner", &paper), ("best refiner", &best)].map(|(name, r)| Method {
-            name: name.into(),
-            runs: vec![(&r.refiner as &dyn Refiner<B>, Some(r.decision))],
-            gate_curve: false,
-        });
+        let methods: Vec<_> = refiners
+            .iter()
+            .map(|(name, r)| Method {
+                name: (*name).into(),
+                runs: vec![(&r.refiner as &dyn Refiner<B>, Some(r.decision))],
+                gate_curve: false,
+            })
+            .collect();
         let opts = CompareOptions {
             batch: 8,
             bootstrap: 1000,
             ..Default::default()
         };
         let (comparison, images) = compare(&vq, &pairs, Some(&targets), &methods, &opts, &device)?;
+        let refine: Vec<String> = comparison
+            .methods
+            .iter()
+            .map(|m| format!(", {} {:.1} ms", m.name, m.refine_ms_per_sample))
+            .collect();
         eprintln!(
-            "{task}: generation {gen_ms:.0} ms per image, refinement {:.1} ms (paper) and {:.1} ms (best) per image",
-            comparison.methods[0].refine_ms_per_sample, comparison.methods[1].refine_ms_per_sample
+            "{task}: generation {gen_ms:.0} ms per image{} (refinement per image)",
+            refine.concat()
         );
         let report = EvalReport {
             task: task.to_string(),
             k,
-            command: "cargo run --release --example quickstart".into(),
+            command: command.clone(),
             comparison,
         };
         let queries: Vec<_> = sentences

@@ -197,12 +197,11 @@ pub fn markdown(reports: &[EvalReport]) -> String {
     if let Some(r) = reports.first() {
         s.push_str(&format!(
             "\nΔ: method − backbone on the same cached backbone outputs, per image, averaged over seeds. \
-             `comparison.png` rows: query input | backbone | {} | reference. \
+             `comparison.png` rows: {} | reference. \
              `position_error.svg`: mean cosine distance per token position.\n\nCommand: `{}`\n",
-            r.comparison
-                .methods
-                .iter()
-                .map(|m| m.name.as_str())
+            ["query input", "backbone"]
+                .into_iter()
+                .chain(r.comparison.methods.iter().map(|m| m.name.as_str()))
                 .collect::<Vec<_>>()
                 .join(" | "),
             r.command
