@@ -17,6 +17,9 @@
 #     evaluation pairs (K = 2), then the refiners (JOBS at a time, seed 0 of every preset
 #     first) while K = 1, 3 pairs and LoRA run beside them, then the evaluation.
 #   STAGE=eval: the evaluation alone (runs/ from an earlier pipeline).
+# Other models and photos: M (model folder with tokenizer/ and backbone/), DATA (folder with
+# val.u8 and train-jpg/), TRAIN_IMAGES / SELECT_IMAGES (photo ranges), PRESETS (the presets to
+# train and evaluate, seed 0 in this order), LORA=0 (no LoRA), STEPS, DMODEL, LAYERS.
 set -uo pipefail
 mkdir -p .run-bin
 python3 -c 'import glob,lzma,os
@@ -24,21 +27,26 @@ for f in glob.glob(".bin/*.xz"):
     out=".run-bin/"+os.path.basename(f)[:-3]
     if not os.path.exists(out):
         open(out,"wb").write(lzma.open(f).read()); os.chmod(out,0o755)'
-[ -e .data/val.u8.xz ] && [ ! -e .data/val.u8 ] && python3 -c 'import lzma
-open(".data/val.u8","wb").write(lzma.open(".data/val.u8.xz").read())'
+d="${DATA:-.data}"
+[ -e "$d/val.u8.xz" ] && [ ! -e "$d/val.u8" ] && python3 -c 'import lzma, sys
+open(sys.argv[1] + "/val.u8", "wb").write(lzma.open(sys.argv[1] + "/val.u8.xz").read())' "$d"
 bin="${BIN:-.run-bin}"
 stage="${STAGE:-pipeline}"
 tasks="${TASKS:-colorization inpainting edges}"
-m=models/tiny-lvm
+m="${M:-models/tiny-lvm}"
 export AR_REFINE_PAIR_BATCH="${PAIR_BATCH:-128}"
-data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data .data --train-images 6144..10240 --select-images 10240..11264)
+data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data "${DATA:-.data}"
+      --train-images "${TRAIN_IMAGES:-6144..10240}" --select-images "${SELECT_IMAGES:-10240..11264}")
 tc="${TRAIN_COUNT:-3072}"; ec="${EVAL_COUNT:-512}"; ec13="${EVAL13_COUNT:-256}"
 pairs_flags=(--k 2 --train-count "$tc" --val-count "${VAL_COUNT:-256}")
 # refiner size and schedule (the same for every preset); generation-bound GPU steps cost the
 # same at batch 16 and 64, so large batches and few steps
 size=(--d-model "${DMODEL:-96}" --layers "${LAYERS:-4}" --heads 4)
 sched=(--steps "${STEPS:-500}" --batch "${BATCH:-64}" --lr "${LR:-1e-3}")
-presets="paper cosine-query ce-answer ce-query ce-query-confidence corrector prompt-only"
+# the presets trained (in this order for seed 0) and evaluated; PRESETS="corrector paper" for
+# the demo v2 refiners
+queue="${PRESETS:-corrector paper prompt-only ce-query-confidence ce-query ce-answer cosine-query}"
+presets="$queue"
 seeds="0 1 2"
 pack=runs/pack
 t0=$SECONDS
@@ -85,6 +93,7 @@ eval_task() {  # $1 = task: every method at K = 2, paper and corrector at K = 1,
     # packed after every stage: a call that must return before the device budget ends takes
     # what is there (the 2026-12-01 run lost its K = 1, 3 reports to a pack made only at the end)
     tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r/eval-k13" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
+    [ "${LORA:-1}" = 1 ] || return 0
     while [ ! -e "$r/lora.done" ]; do sleep 2; done
     timed "eval $1 LoRA" "$r/eval-lora-k2.log" "$bin/evaluate" "${data[@]}" --lora "$r/lora/lora" --task "$1" --k 2 --count "$ec" \
         --refiners "paper=$pdirs,corrector=$cdirs" --out "$r/eval-lora"
@@ -113,6 +122,7 @@ if [ "$stage" = pipeline ]; then
                 --out "runs/$t/eval"
         done
         touch runs/k13.done
+        [ "${LORA:-1}" = 1 ] || exit 0
         for t in $tasks; do
             r="runs/$t"
             timed "lora $t" "$r/lora.log" "$bin/train_lora" "${data[@]}" --task "$t" --k 2 --train-count "$tc" \
@@ -126,15 +136,13 @@ if [ "$stage" = pipeline ]; then
     # 3. the refiners: seed 0 of every preset first, then seeds 1, 2 of the paper's and the
     #    corrector, then the rest
     {
-        for p in corrector paper prompt-only ce-query-confidence ce-query ce-answer cosine-query; do
-            for t in $tasks; do echo "$t $p 0"; done
-        done
-        for s in 1 2; do for p in corrector paper; do for t in $tasks; do echo "$t $p $s"; done; done; done
-        for s in 1 2; do
-            for p in prompt-only ce-query-confidence ce-query ce-answer cosine-query; do
-                for t in $tasks; do echo "$t $p $s"; done
-            done
-        done
+        for p in $queue; do for t in $tasks; do echo "$t $p 0"; done; done
+        for s in 1 2; do for p in $queue; do
+            case $p in corrector|paper) for t in $tasks; do echo "$t $p $s"; done ;; esac
+        done; done
+        for s in 1 2; do for p in $queue; do
+            case $p in corrector|paper) ;; *) for t in $tasks; do echo "$t $p $s"; done ;; esac
+        done; done
     } | timeout "${TRAIN_SECS:-540}" xargs -P "${JOBS:-4}" -L 1 env STAGE=one bash "$0" | tee "$pack/train-summary.txt"
     say "training stopped"
     for t in $tasks; do
