@@ -37,24 +37,27 @@ from common import Every, resume, save_checkpoint
 TASKS = ("colorization", "inpainting", "edges")
 
 
-def load_pairs(dir_, split, required=True):
-    """{task: int64 tensor [pairs, 2, tokens]} of every `{split}-{task}.u16` in `dir_` or in any
-    folder below it (the GPU machine receives the photos in parts and tokenizes each part into a
-    folder of its own), parts concatenated in path order; and the sorted part files read."""
-    out, files = {}, []
+def part_files(dir_, split):
+    """Every `{split}-{task}.u16` in `dir_` or in any folder below it (the GPU machine receives
+    the photos in parts and tokenizes each part into a folder of its own), sorted."""
+    return sorted(p for t in TASKS for p in glob.glob(os.path.join(dir_, "**", f"{split}-{t}.u16"), recursive=True))
+
+
+def load_pairs(files):
+    """{task: int64 tensor [pairs, 2, tokens]} of the code files `files`, parts concatenated in
+    path order, and the first file's metadata (grid, codebook)."""
+    out, meta = {}, None
     for t in TASKS:
-        paths = sorted(glob.glob(os.path.join(dir_, "**", f"{split}-{t}.u16"), recursive=True))
         parts = []
-        for p in paths:
+        for p in (f for f in files if f.endswith(f"-{t}.u16")):
             meta = json.load(open(p[: -len(".u16")] + ".json"))
             a = np.fromfile(p, dtype="<u2").reshape(-1, 2, meta["tokens_per_image"])
             parts.append(torch.from_numpy(a.astype(np.int64)))
-            files.append(p)
         if parts:
             out[t] = torch.cat(parts)
-    if not out and required:
-        raise SystemExit(f"no {split}-*.u16 in {dir_} or below")
-    return out, sorted(files)
+    if not out:
+        raise SystemExit("no code files (*-TASK.u16)")
+    return out, meta
 
 
 def sentences(pairs, k, batch, gen, device):
@@ -121,10 +124,10 @@ def train(a):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    loaded, seen = load_pairs(a.tokens, "train")
+    seen = part_files(a.tokens, "train")
+    loaded, meta = load_pairs(seen)
     train_pairs = {t: p.to(device) for t, p in loaded.items()}
-    val = {t: p.to(device) for t, p in load_pairs(a.tokens, "val")[0].items()} if a.val else None
-    meta = json.load(open(glob.glob(os.path.join(a.tokens, "**", "train-*.json"), recursive=True)[0]))
+    val = {t: p.to(device) for t, p in load_pairs(part_files(a.tokens, "val"))[0].items()} if a.val else None
     tokens, codebook = meta["tokens_per_image"], meta["codebook"]
     model = model_for(a.hidden, a.layers, a.heads or max(1, a.hidden // 64), codebook, 8 * tokens).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -166,9 +169,9 @@ def train(a):
         if a.total_seconds and state["seconds"] >= a.total_seconds:
             break
         if pool_timer.due():  # parts tokenized since the last look join the pool
-            again, files = load_pairs(a.tokens, "train")
+            files = part_files(a.tokens, "train")
             if files != seen:
-                train_pairs, seen = {t: p.to(device) for t, p in again.items()}, files
+                train_pairs, seen = {t: p.to(device) for t, p in load_pairs(files)[0].items()}, files
                 print(json.dumps({"pool": {t: len(p) for t, p in train_pairs.items()}, "step": state["step"]}), flush=True)
         k = int(torch.randint(1, 4, (1,), generator=gen))
         # the same number of tokens per step whatever K is
