@@ -19,7 +19,9 @@
 #   STAGE=eval: the evaluation alone (runs/ from an earlier pipeline).
 # Other models and photos: M (model folder with tokenizer/ and backbone/), DATA (folder with
 # val.u8 and train-jpg/), TRAIN_IMAGES / SELECT_IMAGES (photo ranges), PRESETS (the presets to
-# train and evaluate, seed 0 in this order), LORA=0 (no LoRA), STEPS, DMODEL, LAYERS.
+# train and evaluate, seed 0 in this order), EXTRA (the presets whose seeds 1, 2 come next;
+# default corrector and paper), LORA=0 (no LoRA), K13=0 (no K = 1, 3 evaluation), STEPS,
+# DMODEL, LAYERS, JOBS (refiners trained at once), TRAIN_SECS (the training queue's limit).
 set -uo pipefail
 mkdir -p .run-bin
 python3 -c 'import glob,lzma,os
@@ -86,6 +88,7 @@ eval_task() {  # $1 = task: every method at K = 2, paper and corrector at K = 1,
     timed "eval $1 figure" "$r/eval-figure.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 2 --count "$ec" \
         --refiners "paper=$pdirs,corrector=$cdirs" --gate-curve corrector --out "$r/eval-figure"
     tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
+    [ "${K13:-1}" = 1 ] || return 0
     while [ ! -e runs/k13.done ]; do sleep 2; done
     mkdir -p "$r/eval-k13"; ln -sfn ../eval/pairs-k1 "$r/eval-k13/pairs-k1"; ln -sfn ../eval/pairs-k3 "$r/eval-k13/pairs-k3"
     timed "eval $1 K=1,3" "$r/eval-k13.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 1,3 --count "$ec13" \
@@ -117,7 +120,7 @@ if [ "$stage" = pipeline ]; then
     touch runs/gen.done
     # 2. beside the refiners: K = 1, 3 pairs, then LoRA and its pairs, one process
     (
-        for t in $tasks; do
+        [ "${K13:-1}" = 1 ] && for t in $tasks; do
             timed "eval pairs $t K=1,3" "runs/$t/eval-pairs-k13.log" "$bin/evaluate" "${data[@]}" --task "$t" --k 1,3 --count "$ec13" --pairs-only \
                 --out "runs/$t/eval"
         done
@@ -134,14 +137,15 @@ if [ "$stage" = pipeline ]; then
         touch runs/side.done
     ) &
     # 3. the refiners: seed 0 of every preset first, then seeds 1, 2 of the paper's and the
-    #    corrector, then the rest
+    #    corrector (EXTRA: the presets that get seeds 1, 2 first), then the rest
+    extra="${EXTRA:-corrector paper}"
     {
         for p in $queue; do for t in $tasks; do echo "$t $p 0"; done; done
         for s in 1 2; do for p in $queue; do
-            case $p in corrector|paper) for t in $tasks; do echo "$t $p $s"; done ;; esac
+            case " $extra " in *" $p "*) for t in $tasks; do echo "$t $p $s"; done ;; esac
         done; done
         for s in 1 2; do for p in $queue; do
-            case $p in corrector|paper) ;; *) for t in $tasks; do echo "$t $p $s"; done ;; esac
+            case " $extra " in *" $p "*) ;; *) for t in $tasks; do echo "$t $p $s"; done ;; esac
         done; done
     } | timeout "${TRAIN_SECS:-540}" xargs -P "${JOBS:-4}" -L 1 env STAGE=one bash "$0" | tee "$pack/train-summary.txt"
     say "training stopped"
