@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --no-default-features --features cuda --example parallel_bench_gpu
-//! parallel_bench_gpu --tokenizer models/tiny-lvm/tokenizer --backbone models/tiny-lvm/backbone \
+//! parallel_bench_gpu --tokenizer models/tiny-lvm-v2/tokenizer --backbone models/tiny-lvm-v2/backbone \
 //!     [--data DIR] [--task colorization] [--k 2] [--prompts 1024] [--batch 64] [--val 128] \
 //!     [--refiners 128x4,512x8] [--steps 200] [--train-batch 64,256] [--gpus 2] [--out DIR]
 //! ```

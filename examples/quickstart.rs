@@ -1,8 +1,9 @@
 //! The README's first command: the shipped small LVM (tokenizer + backbone, trained from
-//! scratch by the recipe in `docs/tiny-lvm/`) and its refiners, on real photos, CPU only.
+//! scratch by the recipes in `scripts/demo_v2/`, `models/tiny-lvm-v2/MODEL_CARD.md`) and its
+//! refiners, on real photos, CPU only.
 //!
 //! ```text
-//! cargo run --release --example quickstart -- [--images DIR] [--models models/tiny-lvm] [--k 1] \
+//! cargo run --release --example quickstart -- [--images DIR] [--models models/tiny-lvm-v2] [--k 2] \
 //!     [--out target/quickstart]
 //! ```
 //!
@@ -15,8 +16,7 @@
 //! (query | backbone | paper refiner | best refiner | truth) with the full report beside it.
 //! Photos: `--images DIR` (any image files, centre-cropped to 64×64), else the six bundled
 //! CC0/public-domain photos in `assets/photos/` (credits there). A `--models` folder without
-//! `refiner-*` folders (e.g. `models/tiny-lvm-v2`, whose refiners are not trained yet) shows the
-//! backbone alone.
+//! `refiner-*` folders (a backbone whose refiners are not trained yet) shows the backbone alone.
 
 #[path = "common/args.rs"]
 mod args;
@@ -38,7 +38,7 @@ use burn::backend::NdArray;
 type B = NdArray;
 
 const USAGE: &str =
-    "cargo run --release --example quickstart -- [--images DIR] [--models DIR] [--k 1] [--out DIR]";
+    "cargo run --release --example quickstart -- [--images DIR] [--models DIR] [--k 2] [--out DIR]";
 const TASKS: [&str; 3] = ["colorization", "inpainting", "edges"];
 
 fn main() -> AnyResult<()> {
@@ -47,11 +47,11 @@ fn main() -> AnyResult<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let models = args
         .path("models")
-        .unwrap_or_else(|| root.join("models/tiny-lvm"));
+        .unwrap_or_else(|| root.join("models/tiny-lvm-v2"));
     let out = args
         .path("out")
         .unwrap_or_else(|| PathBuf::from("target/quickstart"));
-    let k: usize = args.get("k", 1)?;
+    let k: usize = args.get("k", 2)?;
     let device = Default::default();
     let start = Instant::now();
     // the command as it was run, for the reports

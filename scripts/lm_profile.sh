@@ -20,7 +20,7 @@ for v in "" -unfused ${AUTOTUNE--autotune}; do
 done
 timeout 120 python3 scripts/torch_lm_ops.py > "$out/lm-torch-ops.jsonl" 2> "$out/lm-torch-ops.err"
 echo "PyTorch ops: rc $?"
-timeout 120 python3 scripts/torch_lm_step.py --config models/tiny-lvm/backbone/config.json \
+timeout 120 python3 scripts/torch_lm_step.py --config scripts/configs/tiny-lvm-v1-backbone.json \
     --batch 16 --lengths 1536 > "$out/lm-torch-step.jsonl" 2> "$out/lm-torch-step.err"
 echo "PyTorch step: rc $?"
 tail -n +1 "$out"/*.jsonl

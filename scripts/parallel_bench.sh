@@ -34,7 +34,7 @@ if [ -n "$nccl" ]; then
 fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 nvidia-smi topo -m > "$out/topology.txt" 2>&1 || true
-./.bin/parallel_bench_gpu --tokenizer models/tiny-lvm/tokenizer --backbone models/tiny-lvm/backbone \
+./.bin/parallel_bench_gpu --tokenizer models/tiny-lvm-v2/tokenizer --backbone models/tiny-lvm-v2/backbone \
     --data .data --train-images "${TRAIN_IMAGES:-2048}" --task "${TASK:-colorization}" --k "${K:-2}" \
     --prompts "${PROMPTS:-1024}" --batch "${BATCH:-64}" --val "${VAL:-128}" \
     --refiners "${REFINERS:-128x4,512x8}" --steps "${STEPS:-200}" --train-batch "${TRAIN_BATCH:-64,256}" \

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# [refiner-v2] on the GPU machine: the small LVM's outputs, the refiners of every preset, LoRA and
-# the side-by-side evaluation of docs/tiny-lvm/RESULTS.md, as one pipeline that outlives a
-# 10-minute call:
+# [refiner-v2] on the GPU machine: the demo LVM's outputs, the refiners of every preset, LoRA and
+# the side-by-side evaluation (docs/tiny-lvm-v2/RESULTS.md for models/tiny-lvm-v2, the default;
+# docs/tiny-lvm/RESULTS.md for v1), as one pipeline that outlives a 10-minute call:
 #   setsid nohup bash scripts/refiner_v2.sh > runs/pipeline.log 2>&1 &
 # then calls that wait and pack runs/pack/* into $OUT (the machine keeps runs/ while held).
 # Binaries come from the CPU machine, built with
 #   cargo build --release --no-default-features --features cuda \
 #       --example train_refiner --example evaluate --example train_lora
-# stripped and xz-compressed into .bin/; .data/ holds val.u8.xz and train-jpg/train-006..010.jpg.
-# Photos: refiner training prompts from 6144..10240 of the training mosaics (the backbone trained
-# on 0..6144), validation prompts (checkpoint choice, gate calibration) from 10240..11264,
-# evaluation on val.u8 (never used for a choice).
+# stripped and xz-compressed into .bin/; .data/ holds val.u8.xz and train-jpg/train-038..045.jpg
+# and train-069.jpg. Photos: refiner training prompts from 38912..47104 of the training mosaics
+# (the v2 backbone trained on 0..38912), validation prompts (checkpoint choice, gate
+# calibration) from 70656..71680, evaluation on val.u8 (never used for a choice).
 # One GPU process at a time for generation: processes sharing the GPU time-slice it, and an
 # earlier run with six of them generated 3× slower in total than one alone (RESULTS.md).
 #   STAGE=pipeline (default): per task the training + validation pairs (K = 2) and the
@@ -35,10 +35,10 @@ open(sys.argv[1] + "/val.u8", "wb").write(lzma.open(sys.argv[1] + "/val.u8.xz").
 bin="${BIN:-.run-bin}"
 stage="${STAGE:-pipeline}"
 tasks="${TASKS:-colorization inpainting edges}"
-m="${M:-models/tiny-lvm}"
+m="${M:-models/tiny-lvm-v2}"
 export AR_REFINE_PAIR_BATCH="${PAIR_BATCH:-128}"
 data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data "${DATA:-.data}"
-      --train-images "${TRAIN_IMAGES:-6144..10240}" --select-images "${SELECT_IMAGES:-10240..11264}")
+      --train-images "${TRAIN_IMAGES:-38912..47104}" --select-images "${SELECT_IMAGES:-70656..71680}")
 tc="${TRAIN_COUNT:-3072}"; ec="${EVAL_COUNT:-512}"; ec13="${EVAL13_COUNT:-256}"
 pairs_flags=(--k 2 --train-count "$tc" --val-count "${VAL_COUNT:-256}")
 # refiner size and schedule (the same for every preset); generation-bound GPU steps cost the

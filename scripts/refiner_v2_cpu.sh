@@ -2,7 +2,7 @@
 # [refiner-v2] on the CPU machine: the evaluation of the refiners that scripts/refiner_v2.sh
 # trained on the GPU, on the backbone outputs it cached (same flags, so the caches are found),
 # written to docs/tiny-lvm/results/TASK/{k2,figure,k13,lora}; for when the GPU's own evaluation
-# did not finish.
+# did not finish. For the v1 models (removed from the tree): git checkout 091d1bb -- models/tiny-lvm
 #   tar -xf refiners-TASK.tar; tar -xJf caches-TASK.tar.xz   (from runs/pack/, in the repository root)
 #   cargo build --release --example evaluate
 #   bash scripts/refiner_v2_cpu.sh

@@ -6,7 +6,7 @@ sequence length each, lengths cycling through --lengths as K = 1, 2, 3 visual se
 256-token images give), timed with CUDA synchronisation. Eager PyTorch (no torch.compile),
 attention through SDPA. Prints one JSON line per precision: fp32, and bf16 autocast.
 
-    python3 scripts/torch_lm_step.py --config models/tiny-lvm/backbone/config.json --batch 16
+    python3 scripts/torch_lm_step.py --config scripts/configs/tiny-lvm-v1-backbone.json --batch 16
 """
 import argparse
 import json
