@@ -23,21 +23,28 @@
 # default corrector and paper), LORA=0 (no LoRA), K13=0 (no K = 1, 3 evaluation), STEPS,
 # DMODEL, LAYERS, JOBS (refiners trained at once), TRAIN_SECS (the training queue's limit).
 set -uo pipefail
-mkdir -p .run-bin
-python3 -c 'import glob,lzma,os
-for f in glob.glob(".bin/*.xz"):
-    out=".run-bin/"+os.path.basename(f)[:-3]
-    if not os.path.exists(out):
-        open(out,"wb").write(lzma.open(f).read()); os.chmod(out,0o755)'
-d="${DATA:-.data}"
-[ -e "$d/val.u8.xz" ] && [ ! -e "$d/val.u8" ] && python3 -c 'import lzma, sys
-open(sys.argv[1] + "/val.u8", "wb").write(lzma.open(sys.argv[1] + "/val.u8.xz").read())' "$d"
-bin="${BIN:-.run-bin}"
 stage="${STAGE:-pipeline}"
+# The binaries and photos the processes read, unpacked or copied once (not by the STAGE=one
+# workers) out of the carried folders, each file written whole before it appears: a later
+# device call replaces the carried paths (.bin, .data) with this machine's copies, which hold no
+# val.u8, and a process opening a file there at that moment does not find it (the 2026-12-03 run
+# lost an evaluation that way, `scripts/demo_v2/README.md`).
+d=runs/data
+if [ "$stage" != one ] && [ ! -e "$d/.ready" ]; then
+    mkdir -p .run-bin "$d" && cp -r "${DATA:-.data}/train-jpg" "$d/" && python3 -c 'import glob, lzma, os, sys
+def put(path, data, mode=0o644):
+    open(path + ".tmp", "wb").write(data); os.chmod(path + ".tmp", mode); os.replace(path + ".tmp", path)
+for f in glob.glob(".bin/*.xz"):
+    put(".run-bin/" + os.path.basename(f)[:-3], lzma.open(f).read(), 0o755)
+src, dst = sys.argv[1], sys.argv[2]
+raw = open(src + "/val.u8", "rb").read() if os.path.exists(src + "/val.u8") else lzma.open(src + "/val.u8.xz").read()
+put(dst + "/val.u8", raw)' "${DATA:-.data}" "$d" && touch "$d/.ready" || { echo "cannot prepare $d and .run-bin"; exit 1; }
+fi
+bin="${BIN:-.run-bin}"
 tasks="${TASKS:-colorization inpainting edges}"
 m="${M:-models/tiny-lvm-v2}"
 export AR_REFINE_PAIR_BATCH="${PAIR_BATCH:-128}"
-data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data "${DATA:-.data}"
+data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data "$d"
       --train-images "${TRAIN_IMAGES:-38912..47104}" --select-images "${SELECT_IMAGES:-70656..71680}")
 tc="${TRAIN_COUNT:-3072}"; ec="${EVAL_COUNT:-512}"; ec13="${EVAL13_COUNT:-256}"
 pairs_flags=(--k 2 --train-count "$tc" --val-count "${VAL_COUNT:-256}")
