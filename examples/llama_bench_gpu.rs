@@ -11,7 +11,7 @@
 //! (ids >= 8192 suppressed): the prefill (prompt → first token) and the full run
 //! (prompt → `new` tokens), synchronising the device before reading the clock, median of `reps`
 //! after a warm-up run. ms/step = (full − prefill) / (new − 1). One JSON object per line.
-//! `scripts/llama_bench.py` times `transformers` `generate` with the same settings.
+//! `scripts/bench/llama_bench.py` times `transformers` `generate` with the same settings.
 
 #[path = "common/args.rs"]
 mod args;

@@ -10,8 +10,8 @@
 //!
 //! Every time is the median of `--reps` runs after two warm-up runs, each run ended by a device
 //! sync. Prints one JSON line per row: `{"what", "ms"}` (and `tflops` for matrix products).
-//! The defaults are the v1 demo backbone's shape (`scripts/configs/tiny-lvm-v1-backbone.json`) at K = 2;
-//! `scripts/torch_lm_step.py` times the same step in PyTorch.
+//! The defaults are the v1 demo backbone's shape (`scripts/bench/configs/tiny-lvm-v1-backbone.json`) at K = 2;
+//! `scripts/bench/torch_lm_step.py` times the same step in PyTorch.
 
 #[path = "common/args.rs"]
 mod args;

@@ -13,7 +13,7 @@
 //! - Burn's unfused `‖c‖² − 2·q·cᵀ` matmul + argmin (this crate's tensor-op reference, one block),
 //!
 //! writes each method's ids to `DIR/<shape>.<method>.i32`, and prints one JSON object per
-//! measurement. `scripts/nn_decode_bench.py` then times PyTorch on the same data and scores every
+//! measurement. `scripts/bench/nn_decode_bench.py` then times PyTorch on the same data and scores every
 //! method's ids against an fp64 search.
 
 use std::io::Write;

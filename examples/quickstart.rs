@@ -1,5 +1,5 @@
 //! The README's first command: the shipped small LVM (tokenizer + backbone, trained from
-//! scratch by the recipes in `scripts/demo_v2/`, `models/tiny-lvm-v2/MODEL_CARD.md`) and its
+//! scratch by the recipes in `scripts/demo/v2/`, `models/tiny-lvm-v2/MODEL_CARD.md`) and its
 //! refiners, on real photos, CPU only.
 //!
 //! ```text
@@ -17,6 +17,8 @@
 //! Photos: `--images DIR` (any image files, centre-cropped to 64×64), else the six bundled
 //! CC0/public-domain photos in `assets/photos/` (credits there). A `--models` folder without
 //! `refiner-*` folders (a backbone whose refiners are not trained yet) shows the backbone alone.
+//! Models: `--models DIR`, else `$AR_REFINE_MODELS`, else `models/tiny-lvm-v2` of the checkout
+//! (the weights are not in the published crate).
 
 #[path = "common/args.rs"]
 mod args;
@@ -45,8 +47,11 @@ fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &[])?;
     args.only(&["images", "models", "k", "out"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // --models, else $AR_REFINE_MODELS, else the checkout's models/tiny-lvm-v2 (the published
+    // crate does not carry the 21 MB of weights: point either at a checkout's copy)
     let models = args
         .path("models")
+        .or_else(|| std::env::var_os("AR_REFINE_MODELS").map(PathBuf::from))
         .unwrap_or_else(|| root.join("models/tiny-lvm-v2"));
     let out = args
         .path("out")

@@ -1,5 +1,5 @@
 //! Tokenizes every photo's task pairs once, for training a backbone outside the crate (issue
-//! [demo-model-v2]: `scripts/demo_v2/` assembles visual sentences from these files in PyTorch).
+//! [demo-model-v2]: `scripts/demo/v2/` assembles visual sentences from these files in PyTorch).
 //!
 //! ```text
 //! cargo run --release --example task_tokens -- --tokenizer DIR (--mosaics DIR | --raw FILE) \

@@ -21,7 +21,7 @@
 //! training within that many seconds (the step count is planned from the measured step time, see
 //! `ar_refine::train::TimeBudget`). `--log-every N` prints one line per N steps with the step
 //! time. With `--features cuda` it trains on the GPU. `--eval DIR` trains nothing: it loads the
-//! tokenizer in `DIR` (any layout `Vqgan::load` reads, e.g. `scripts/demo_v2/tokenizer.py`'s
+//! tokenizer in `DIR` (any layout `Vqgan::load` reads, e.g. `scripts/demo/v2/tokenizer.py`'s
 //! export) and prints its validation reconstruction PSNR and how many distinct codes the
 //! validation photos use.
 

@@ -11,7 +11,7 @@
 //! Every time is the median of `--reps` runs after two warm-up runs, each run ended by a device
 //! sync. Prints one JSON line per row: `{"what", "ms"}` (and `gflops` for convolutions).
 //! The network is the small-LVM tokenizer (`channel_mult [1, 2, 2]`, 2 ResNet blocks per level,
-//! codebook 1024 × 32); `scripts/torch_vq_step.py` times the same step in PyTorch.
+//! codebook 1024 × 32); `scripts/bench/torch_vq_step.py` times the same step in PyTorch.
 
 #[path = "common/args.rs"]
 mod args;

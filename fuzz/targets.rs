@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ar_refine::backbone::LlamaConfig;
-use ar_refine::io::{fnv1a64, load_image, open_checkpoint, read_token_rows, SafetensorsFile, TensorSource};
+use ar_refine::io::{load_image, open_checkpoint, read_token_rows, SafetensorsFile, TensorSource};
 use ar_refine::tokenizer::VqganConfig;
 use ar_refine::train::{load_checkpoint, load_pairs, save_checkpoint, PairMode, TrainState};
 use burn::backend::{Autodiff, NdArray};
@@ -252,4 +252,12 @@ pub fn checkpoint_mpk(data: &[u8]) {
 /// [`checkpoint_mpk`], telling whether the checkpoint loaded.
 pub fn checkpoint_mpk_loads(data: &[u8]) -> bool {
     load_tiny_checkpoint(&checkpoint_with("checkpoint_mpk", "model.mpk", data, true))
+}
+
+/// FNV-1a, 64 bit: the checksum the crate's checkpoint and cache files record for each file
+/// (`state.json`'s `checksums`), written out here as the file format's specification.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

@@ -3,7 +3,7 @@
 //! Burn's tensor API panics on shape errors; public functions of this crate call these
 //! helpers first so that user input yields an [`Error`] instead.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::ops::Range;
 
 use burn::tensor::{Int, Tensor, TensorData};

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 /// let e = Error::shape("refiner input", "[b, 256, 64]", &[1, 255, 64]);
 /// assert!(e.to_string().contains("refiner input"));
 /// ```
+///
+/// The enum is `#[non_exhaustive]`: match it with a wildcard arm, as new failure kinds may be
+/// added in minor releases.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A tensor or buffer does not have the shape an operation needs.
     #[error("shape mismatch in {what}: expected {expected}, got {got}")]
@@ -44,6 +48,15 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A JSON document (a config, a report, a cache's metadata) could not be read or written.
+    #[error("JSON error in {what}: {source}")]
+    Json {
+        /// The document: a file path, or what was being serialised.
+        what: String,
+        /// The underlying error (line and column for parse errors).
+        #[source]
+        source: serde_json::Error,
+    },
     /// Reading or writing a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -91,6 +104,14 @@ impl Error {
             what: what.into(),
             expected: expected.into(),
             got: format!("{got:?}"),
+        }
+    }
+
+    /// An [`Error::Json`] for the document `what` (a path or a description).
+    pub fn json(what: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            what: what.into(),
+            source,
         }
     }
 

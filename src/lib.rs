@@ -26,26 +26,28 @@
 //! on tensor operations. The crate's features `ndarray` (default), `wgpu`, `cuda` enable Burn's
 //! backends of the same names.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod backbone;
 pub mod backend;
 pub(crate) mod checks;
-#[cfg(feature = "cubecl")]
-mod cube;
 pub mod data;
 pub mod decode;
 mod device_watch;
 pub mod error;
 pub mod eval;
+pub mod interop;
 pub mod io;
+pub mod metrics;
 pub mod pipeline;
 pub mod refiner;
 pub mod rng;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;
+pub mod training;
 pub mod traits;
 
-pub use backbone::{generate_by_forward, Sampling};
 pub use backend::{ArAutodiffBackend, ArBackend};
 pub use decode::{nearest_codes, Codebook, KernelPrecision, Metric, DEFAULT_MEMORY_BUDGET};
 pub use device_watch::{check_device, device_panics, watch_device_panics};
@@ -55,6 +57,7 @@ pub use refiner::{
     cosine_loss, Decision, PositionEncoding, Preset, RefinementLoss, TransformerRefiner,
     TransformerRefinerConfig,
 };
+pub use traits::{generate_by_forward, Sampling};
 pub use traits::{
     ArBackbone, Confidence, ForwardOutput, PromptContext, RefineInput, RefineOutput, Refiner, RefinerNeeds,
     TokenGrid, Tokenizer,

@@ -133,3 +133,118 @@ fn token_files_round_trip_and_bad_ones_name_the_line() {
     let err = ar_refine::io::read_token_rows(&path).unwrap_err().to_string();
     assert!(err.contains("not UTF-8"), "{err}");
 }
+
+#[test]
+fn ndarray_interop_round_trips_images_batches_and_token_grids() {
+    use ar_refine::interop::ndarray::{s, Array3, Array4, Axis};
+    use ar_refine::interop::{
+        array_to_image, array_to_images, array_to_tokens, image_to_array, images_to_array, tokens_to_array,
+    };
+    use ar_refine::io::{rgb_to_tensor, tensor_to_rgb};
+    use ar_refine::TokenGrid;
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    let device = Default::default();
+    let img = image::RgbImage::from_fn(5, 3, |x, y| {
+        image::Rgb([(x * 50) as u8, (y * 80) as u8, (x + y) as u8])
+    });
+    // Image <-> [H, W, 3], and the batch layout agrees with the crate's own conversion.
+    let a = image_to_array(&img);
+    assert_eq!(a.shape(), &[3, 5, 3]);
+    assert_eq!(a[[2, 4, 0]], 200);
+    assert_eq!(array_to_image(a.view()).unwrap(), img);
+    let chw = a
+        .permuted_axes([2, 0, 1])
+        .mapv(|v| v as f32 / 255.0)
+        .insert_axis(Axis(0));
+    let t = array_to_images::<B>(chw.view(), &device).unwrap();
+    let ours: Tensor<B, 4> = rgb_to_tensor::<B>(&img, &device).unsqueeze();
+    assert_eq!(to_vec(t.clone()), to_vec(ours));
+    assert_eq!(tensor_to_rgb(t.clone().squeeze_dim::<3>(0)).unwrap(), img);
+    assert_eq!(images_to_array(t).unwrap(), chw.as_standard_layout().to_owned());
+    // A strided view (every other column) converts like its copy.
+    let strided = Array3::from_shape_fn((2, 6, 3), |(y, x, c)| (y * 100 + x * 10 + c) as u8);
+    let half = strided.slice(s![.., ..;2, ..]);
+    assert_eq!(
+        array_to_image(half).unwrap(),
+        array_to_image(half.to_owned().view()).unwrap()
+    );
+
+    // Token ids [b, rows·cols] <-> [b, rows, cols].
+    let ids: Vec<i64> = (0..12).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [2, 6]), &device);
+    let grid = TokenGrid::new(2, 3);
+    let arr = tokens_to_array(tokens.clone(), grid).unwrap();
+    assert_eq!(arr[[1, 0, 2]], 8);
+    let (back, g) = array_to_tokens::<B>(arr.view(), &device).unwrap();
+    assert_eq!(g, grid);
+    assert_eq!(back.into_data().iter::<i64>().collect::<Vec<_>>(), ids);
+
+    // Wrong shapes and values are typed errors.
+    assert!(matches!(
+        tokens_to_array(tokens, TokenGrid::new(2, 2)),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        array_to_image(Array3::<u8>::zeros((2, 2, 4)).view()),
+        Err(Error::Shape { .. })
+    ));
+    let mut bad = Array4::<f32>::zeros((1, 3, 2, 2));
+    assert!(matches!(
+        array_to_images::<B>(Array4::<f32>::zeros((1, 1, 2, 2)).view(), &device),
+        Err(Error::Shape { .. })
+    ));
+    bad[[0, 1, 1, 0]] = f32::NAN;
+    assert!(matches!(
+        array_to_images::<B>(bad.view(), &device),
+        Err(Error::NonFinite { .. })
+    ));
+}
+
+#[test]
+fn tasks_take_any_rand_core_generator() {
+    use ar_refine::rng::{Rng, SeedableRng, SplitMix64 as Mix, TryRng};
+    use ar_refine::tasks::{Inpainting, Task};
+
+    /// xorshift64*: a generator that is not the crate's.
+    struct XorShift(u64);
+    impl TryRng for XorShift {
+        type Error = std::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Ok((self.try_next_u64()? >> 32) as u32)
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            Ok(self.0.wrapping_mul(0x2545_F491_4F6C_DD1D))
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            for c in dst.chunks_mut(8) {
+                let w = self.try_next_u64()?.to_le_bytes();
+                c.copy_from_slice(&w[..c.len()]);
+            }
+            Ok(())
+        }
+    }
+    let img = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 200, 30]));
+    let task = Inpainting {
+        hole_prob: 0.0,
+        patch_prob: 0.5,
+        ..Default::default()
+    };
+    let masked = |x: &image::RgbImage| x.pixels().filter(|p| p.0 == [127; 3]).count();
+    // Other generators drive the masks, and different seeds give different masks.
+    let (a, _) = task.pair(&img, &mut XorShift(1)).unwrap();
+    let (b, _) = task.pair(&img, &mut XorShift(99)).unwrap();
+    assert!(masked(&a) > 0 && masked(&b) > 0);
+    assert_ne!(a, b);
+    // The crate's generator through rand_core gives the stream of its own methods.
+    let mut own = Mix::new(5);
+    let mut seeded = Mix::from_seed(5u64.to_le_bytes());
+    let dynamic: &mut dyn Rng = &mut seeded;
+    assert_eq!(own.next_u64(), dynamic.next_u64());
+    let (c, _) = task.pair(&img, &mut Mix::new(5)).unwrap();
+    let (d, _) = task.pair(&img, &mut Mix::from_seed(5u64.to_le_bytes())).unwrap();
+    assert_eq!(c, d);
+}

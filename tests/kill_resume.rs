@@ -58,7 +58,7 @@ fn latest(out: &Path) -> Option<(usize, Vec<f64>)> {
         let bytes =
             std::fs::read(ckpt.join(file)).unwrap_or_else(|e| panic!("{}/{file}: {e}", ckpt.display()));
         assert_eq!(
-            format!("{:016x}", ar_refine::io::fnv1a64(&bytes)),
+            format!("{:016x}", common::fnv1a64(&bytes)),
             sum.as_str().unwrap(),
             "{}/{file} does not match its checksum",
             ckpt.display()

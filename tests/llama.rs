@@ -247,7 +247,7 @@ backend_tests!(
     bad_checkpoints_and_inputs_are_typed_errors,
 );
 
-/// The demo v2 backbone (`models/tiny-lvm-v2/backbone`, trained by `scripts/demo_v2/backbone.py`
+/// The demo v2 backbone (`models/tiny-lvm-v2/backbone`, trained by `scripts/demo/v2/backbone.py`
 /// in PyTorch and written in the transformers layout) runs through the crate's own prompt
 /// building, tokenizer, greedy generation and decoding, and colorizes the bundled photos (which
 /// no model trained on) close to their truth, and far closer than to the other query's truth
@@ -301,4 +301,20 @@ fn demo_v2_backbone_colorizes_unseen_photos() {
         own > 16.0 && own > other + 3.0,
         "own {own:.2} dB, swapped {other:.2} dB"
     );
+}
+
+#[test]
+fn broken_config_json_is_a_json_error_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("ar-refine-badjson-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, b"{\"hidden_size\": 32,").unwrap();
+    let err = LlamaConfig::from_file(&dir).unwrap_err();
+    assert!(
+        matches!(&err, Error::Json { what, .. } if what.contains("config.json")),
+        "{err}"
+    );
+    // The parse position comes through from serde_json.
+    assert!(err.to_string().contains("line 1"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -32,7 +32,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn photos() -> ImageSet {
-    match ImageSet::shared_dir(None) {
+    match common::shared_data_dir(None) {
         Some(d) => ImageSet::from_raw_u8(d.join("val.u8"), 64).unwrap().split(60).0,
         None => ImageSet::synthetic(60, 64, 5),
     }

@@ -212,7 +212,7 @@ backend_tests!(
 );
 
 /// The demo v2 tokenizer (`models/tiny-lvm-v2/tokenizer`, written by
-/// `scripts/demo_v2/tokenizer.py` in PyTorch) loads as the crate's VQGAN and reconstructs the
+/// `scripts/demo/v2/tokenizer.py` in PyTorch) loads as the crate's VQGAN and reconstructs the
 /// bundled photos, which no tokenizer was trained on, well above what the photos' own 8×8 block
 /// means give (192 numbers per photo against 256 ten-bit codes), measured in the same run: a wrong
 /// layout, a misread l2-normalised codebook or a transposed tensor would bring it down to noise.

@@ -1,6 +1,8 @@
 //! Training a small VQGAN: the reconstruction loss falls on real photos (generated scenes when
 //! the shared data is absent) and dead codes are restarted.
 
+mod common;
+
 use ar_refine::data::ImageSet;
 use ar_refine::tokenizer::{
     reconstruction_psnr, train_vqgan, valid, PixelRange, VqTrainConfig, Vqgan, VqganConfig,
@@ -8,7 +10,7 @@ use ar_refine::tokenizer::{
 use burn::backend::{Autodiff, NdArray};
 
 fn photos() -> ImageSet {
-    match ImageSet::shared_dir(None) {
+    match common::shared_data_dir(None) {
         Some(dir) => {
             let set = ImageSet::from_raw_u8(dir.join("val.u8"), 64).unwrap();
             println!("data: {} photos from {}", set.len(), dir.display());

@@ -141,7 +141,7 @@ pub fn images(args: &Args) -> AnyResult<Images> {
     if let Some(dir) = explicit.as_deref().filter(|d| !d.exists()) {
         return Err(format!("--data {}: no such file or directory", dir.display()).into());
     }
-    if let Some(dir) = ImageSet::shared_dir(explicit.as_deref()) {
+    if let Some(dir) = shared_data_dir(explicit.as_deref()) {
         let train_range = range(args, "train-images", 0..2048)?;
         let select_range = range(args, "select-images", train_range.end..train_range.end + 1024)?;
         if select_range.start < train_range.end && train_range.start < select_range.end {
@@ -289,3 +289,7 @@ pub fn out_dir(args: &Args, default: &str) -> AnyResult<PathBuf> {
     std::fs::create_dir_all(&out)?;
     Ok(out)
 }
+
+#[path = "data_dir.rs"]
+mod data_dir;
+pub use data_dir::shared_data_dir;

@@ -1,7 +1,7 @@
 //! [`ImageSet`]: square RGB8 images held on the host, from the shared Tiny-ImageNet files, image
 //! folders or generated in code.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
@@ -147,20 +147,6 @@ impl ImageSet {
             }
         }
         Self { pixels, size }
-    }
-
-    /// The shared data folder: `explicit`, else `$AR_REFINE_DATA`, else `../shared/data` next to
-    /// the crate; `None` when none of them holds `val.u8`.
-    pub fn shared_dir(explicit: Option<&Path>) -> Option<PathBuf> {
-        let candidates = [
-            explicit.map(Path::to_path_buf),
-            std::env::var_os("AR_REFINE_DATA").map(PathBuf::from),
-            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
-        ];
-        candidates
-            .into_iter()
-            .flatten()
-            .find(|d| d.join("val.u8").is_file())
     }
 
     /// Number of images.

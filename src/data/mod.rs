@@ -5,4 +5,5 @@ mod images;
 mod sentences;
 
 pub use images::ImageSet;
-pub use sentences::{build_sentences, prompt_tensor, tokenize_sentences, Sentence, TokenSentence};
+pub(crate) use sentences::prompt_tensor;
+pub use sentences::{build_sentences, tokenize_sentences, Sentence, TokenSentence};

@@ -1,7 +1,7 @@
 //! Visual sentences for analogy prompting: `K` demonstration pairs and a query,
 //! `[x_1, y_1, …, x_K, y_K, x_q]`, with the query's output `y_q` as the target.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{Int, Tensor};
 use image::RgbImage;
 
@@ -139,7 +139,7 @@ pub fn tokenize_sentences<B: ArBackend>(
 }
 
 /// The prompts of `sentences` as backbone vocabulary ids `[b, (2K + 1)·n]` (code + `offset`).
-pub fn prompt_tensor<B: ArBackend>(
+pub(crate) fn prompt_tensor<B: ArBackend>(
     sentences: &[TokenSentence],
     offset: i64,
     device: &B::Device,

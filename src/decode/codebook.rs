@@ -1,7 +1,7 @@
 //! The codebook object: code vectors plus the derived tensors that nearest-code search needs,
 //! computed once.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 #[cfg(feature = "cubecl")]
 use burn::tensor::DType;
 use burn::tensor::{Int, Tensor};
@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 /// The distance a vector quantizer uses to pick a code.
 ///
 /// LVM's VQGAN (open-MUSE `vqgan-f16-8192-laion`) uses plain squared L2 on unnormalised codes
-/// (`models-and-formats.md` §1.3); LlamaGen-style tokenizers use cosine (l2-normalised codes).
+/// (open-MUSE `vqvae_muse.py`, `VectorQuantizer.compute_distances`: `‖z‖² + ‖e‖² − 2 z·e`,
+/// then `argmin`); LlamaGen-style tokenizers use cosine (l2-normalised codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Metric {
     /// `‖e − c‖²`, the nearest code minimises it.
@@ -30,8 +31,8 @@ pub enum Metric {
 /// units (TF32 `mma`, CUDA sm_80+), re-scores each query's close candidates in f32 and falls
 /// back to an exact scan for any query whose winner the approximation cannot certify; on
 /// devices without TF32 matrix units (wgpu, older GPUs) it runs the exact kernel. Which is
-/// faster depends on `D` (H200 numbers in `BENCHMARKS.md`): the matrix units win at `D = 256`,
-/// the f32 kernel at `D ≤ 64`.
+/// faster depends on `D` and the GPU (measurements in `BENCHMARKS.md`: there the matrix units
+/// win at `D = 256`, the f32 kernel at `D ≤ 64`).
 ///
 /// ```
 /// use ar_refine::{Codebook, KernelPrecision, Metric};
@@ -56,7 +57,7 @@ pub enum KernelPrecision {
 }
 
 /// The smallest code dimension at which [`KernelPrecision::Auto`] uses the matrix units
-/// (measured on the H200: slower than the f32 kernel at `D = 64`, faster at `D = 256`).
+/// (in `BENCHMARKS.md` slower than the f32 kernel at `D = 64`, faster at `D = 256`).
 pub const AUTO_MATRIX_UNITS_MIN_DIM: usize = 128;
 
 impl KernelPrecision {
@@ -244,7 +245,7 @@ impl<B: ArBackend> Codebook<B> {
     pub fn nearest(&self, embeddings: Tensor<B, 3>) -> Result<Tensor<B, 2, Int>> {
         let (q, [b, n]) = self.validated_rows(embeddings)?;
         #[cfg(feature = "cubecl")]
-        let q = match super::cube::dispatch(q, self) {
+        let q = match kernel_dispatch(q, self) {
             Ok(ids) => return Ok(ids.reshape([b, n])),
             Err(q) => q,
         };
@@ -261,6 +262,7 @@ impl<B: ArBackend> Codebook<B> {
     /// [`nearest`](Self::nearest) through the exact fused kernel (f32 FMAs) with an explicit
     /// tiling, for backends that have it.
     #[cfg(feature = "cubecl")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "wgpu", feature = "cuda"))))]
     pub fn nearest_kernel(
         &self,
         embeddings: Tensor<B, 3>,
@@ -285,6 +287,7 @@ impl<B: ArBackend> Codebook<B> {
     /// (`None`: [`super::cube::MmaTiling::default_for`]). Fails with [`Error::Config`] on a
     /// device without TF32 matrix units.
     #[cfg(feature = "cubecl")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "wgpu", feature = "cuda"))))]
     pub fn nearest_matrix_units(
         &self,
         embeddings: Tensor<B, 3>,
@@ -366,4 +369,22 @@ impl<B: ArBackend> Codebook<B> {
     pub(crate) fn memory_budget(&self) -> usize {
         self.memory_budget
     }
+}
+
+#[cfg(feature = "cubecl")]
+/// Runs the kernel through `B`'s [`ArBackend`] route (the matrix-unit kernel when `book` asks
+/// for it and the device has it); hands the queries back when `B` has no kernel.
+pub(crate) fn kernel_dispatch<B: ArBackend>(
+    queries: Tensor<B, 2>,
+    book: &Codebook<B>,
+) -> Result<Tensor<B, 1, Int>, Tensor<B, 2>> {
+    let args = crate::backend::nearest::NearestArgs {
+        queries,
+        search: book.search().clone(),
+        bias: book.kernel_bias().clone(),
+        bounds: book.kernel_bounds().clone(),
+        alpha: book.kernel_alpha(),
+        matrix_units: book.kernel_precision().wants_matrix_units(book.dim()),
+    };
+    B::nearest_code_kernel(&args).ok_or(args.queries)
 }

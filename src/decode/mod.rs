@@ -7,12 +7,15 @@
 
 mod codebook;
 #[cfg(feature = "cubecl")]
-pub mod cube;
+#[cfg_attr(docsrs, doc(cfg(any(feature = "wgpu", feature = "cuda"))))]
+pub use crate::backend::nearest as cube;
 mod reference;
 
+#[cfg(all(test, feature = "wgpu", feature = "ndarray"))]
+pub(crate) use codebook::kernel_dispatch;
 pub use codebook::{Codebook, KernelPrecision, Metric, AUTO_MATRIX_UNITS_MIN_DIM, DEFAULT_MEMORY_BUDGET};
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{Int, Tensor};
 
 use crate::error::Result;

@@ -1,7 +1,7 @@
 //! The tensor-op nearest-code search: `‖c‖² − 2e·c` (or the negated cosine) per chunk of
 //! queries, then the lowest index among the exact minima.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{Int, Tensor};
 
 use super::codebook::{Codebook, Metric, NORM_EPS};

@@ -1,7 +1,7 @@
 //! Side-by-side evaluation of refiners on the same cached backbone outputs: per-image metrics,
 //! paired deltas against the backbone with bootstrap intervals, several seeds per method.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -9,12 +9,12 @@ use burn::tensor::{Int, Tensor};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::psnr_per_image;
-use super::ssim::ssim_per_image;
 use crate::checks::{read_f32, read_i64};
 use crate::decode::Metric;
 use crate::error::{Error, Result};
 use crate::io::rgb_to_tensor;
+use crate::metrics::psnr_per_image;
+use crate::metrics::ssim_per_image;
 use crate::refiner::{Decision, GatePoint, GateScores, GateTable};
 use crate::rng::SplitMix64;
 use crate::train::{pair_input, HiddenSource, Pairs};

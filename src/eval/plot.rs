@@ -3,7 +3,7 @@
 
 /// One line of a plot: a label, a colour (`#rrggbb`) and its points.
 #[derive(Clone, Debug)]
-pub struct Series {
+pub(crate) struct Series {
     /// Legend text.
     pub label: String,
     /// Stroke colour, e.g. `#c03030`.
@@ -13,12 +13,12 @@ pub struct Series {
 }
 
 /// Colours for successive series (colour-blind-safe palette of Wong, Nature Methods 2011).
-pub const PALETTE: [&str; 8] = [
+pub(crate) const PALETTE: [&str; 8] = [
     "#000000", "#e69f00", "#56b4e9", "#009e73", "#d55e00", "#0072b2", "#cc79a7", "#999999",
 ];
 
 /// A 720×420 SVG line plot of `series` with a title and axis labels.
-pub fn line_plot_svg(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+pub(crate) fn line_plot_svg(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
     let (w, h) = (720.0, 420.0);
     let (left, right, top, bottom) = (70.0, 200.0, 40.0, 50.0);
     let pts = series.iter().flat_map(|s| s.points.iter());

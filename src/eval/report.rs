@@ -1,7 +1,7 @@
 //! Reports: JSON, Markdown tables, a comparison grid and SVG plots (per-position error,
 //! accuracy against edit rate).
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
@@ -63,7 +63,7 @@ pub fn write_report<B: ArBackend>(
         plot: dir.join("position_error.svg"),
         gate_plot: has_gate.then(|| dir.join("gate.svg")),
     };
-    let json = serde_json::to_vec_pretty(reports).map_err(|e| Error::Config(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(reports).map_err(|e| Error::json("report.json", e))?;
     write_atomic(&files.json, &json)?;
     write_atomic(&files.markdown, markdown(reports).as_bytes())?;
 

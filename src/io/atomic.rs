@@ -15,7 +15,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// temporary name is unique per call (process id and a counter), so threads or processes
 /// writing the same target never share one; the file is synced before the rename and, on Unix,
 /// the directory after it, so a crash leaves the old or the new file on disk. After a panic of
-/// the GPU runtime ([`crate::check_device`]) it writes nothing and returns that error.
+/// the GPU runtime ([`crate::device_watch::check_device`]) it writes nothing and returns that error.
 ///
 /// ```
 /// let dir = std::env::temp_dir().join("ar_refine_doc_atomic");
@@ -26,7 +26,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     // Nothing computed after a GPU runtime failure reaches disk (see `check_device`).
-    crate::check_device()?;
+    crate::device_watch::check_device()?;
     let name = path
         .file_name()
         .ok_or_else(|| Error::io(path, std::io::Error::other("path has no file name")))?;

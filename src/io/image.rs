@@ -1,6 +1,6 @@
 //! Images ↔ tensors, and atomic image writes.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};

@@ -18,7 +18,7 @@ pub use self::safetensors::{
     save_safetensors, save_safetensors_with_metadata, KeyReport, SafetensorsFile, StoreDtype,
 };
 pub use atomic::write_atomic;
-pub use checksum::fnv1a64;
+pub(crate) use checksum::fnv1a64;
 pub(crate) use msgpack_scan::check_claims as check_msgpack_claims;
 pub(crate) use source::check_param_budget;
 pub use source::{open_checkpoint, TensorSource};

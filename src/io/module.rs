@@ -2,7 +2,7 @@
 //! field path joined by dots (`blocks.0.attn.query.weight`), so files are readable by any
 //! safetensors tool and independent of Burn's record format.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 

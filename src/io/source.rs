@@ -1,6 +1,6 @@
 //! One interface over checkpoint formats, so that model loaders are written once.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};

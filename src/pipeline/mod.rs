@@ -1,14 +1,14 @@
 //! The self-refinement pipeline: prompt → backbone → embeddings → refiner → nearest codes →
 //! images.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{Int, Tensor};
 
-use crate::backbone::{score_answers, Sampling};
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims};
 use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
 use crate::refiner::Decision;
+use crate::traits::{score_answers, Sampling};
 use crate::traits::{ArBackbone, Confidence, PromptContext, RefineInput, RefineOutput, Refiner, Tokenizer};
 
 /// What one pipeline run returns: the backbone's output and the refined output side by side.
@@ -43,7 +43,7 @@ pub struct RefinementOutput<B: ArBackend> {
 /// let out = pipeline.run_images(&[x1, y1, x2, y2, query])?;
 /// save_image(out.refined_images.slice([0..1]).squeeze(0), "refined.png")?;
 /// ```
-/// (A complete, runnable program: `examples/custom_backbone.rs`.)
+/// (A complete, runnable program: `examples/custom_backbone/main.rs`.)
 pub struct SelfRefinement<'m, B: ArBackend> {
     backbone: &'m dyn ArBackbone<B>,
     tokenizer: &'m dyn Tokenizer<B>,

@@ -1,6 +1,6 @@
 //! One bidirectional pre-norm transformer block.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::module::Module;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};

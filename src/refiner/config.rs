@@ -1,6 +1,6 @@
 //! Configuration of the built-in [`super::TransformerRefiner`].
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::config::Config;
 use burn::tensor::Tensor;
 

@@ -1,6 +1,6 @@
 //! Decision rules: how a refiner's output becomes code ids, and the calibration of the gate.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{activation, Int, Tensor};
 use serde::{Deserialize, Serialize};
 

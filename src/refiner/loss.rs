@@ -2,7 +2,7 @@
 //! the categorical terms (cross-entropy over code logits, optionally with soft targets over the
 //! truth's nearest codes, and the critic's binary cross-entropy), in any weighted sum.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{activation, Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 

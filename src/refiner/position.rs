@@ -1,6 +1,6 @@
 //! 2-D position information for the token grid.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::traits::TokenGrid;

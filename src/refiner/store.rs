@@ -2,7 +2,7 @@
 //! rule, training notes) and `model.safetensors` (weights by module path, f16 or f32), readable
 //! without Burn's record format.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -73,7 +73,7 @@ pub fn save_refiner<B: ArBackend>(
         decision,
         training,
     };
-    let text = serde_json::to_vec_pretty(&file).map_err(|e| Error::Config(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&file).map_err(|e| Error::json("the refiner's config.json", e))?;
     write_atomic(dir.join("config.json"), &text)
 }
 

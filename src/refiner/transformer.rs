@@ -2,7 +2,7 @@
 //! sequence's code embeddings, optionally with the prompt as a prefix, the backbone's confidence
 //! and hidden states, and categorical and critic heads.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Int, Tensor};

@@ -5,9 +5,13 @@ use image::{GrayImage, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::rng::SplitMix64;
+use crate::rng::{below, uniform_f32, unit_f64, Rng};
 
 /// A task: `pair(image)` → `(input x, output y)`, both the image's size.
+///
+/// The random choices come from any [`rand_core::Rng`] (`rand`'s generators, or the crate's
+/// [`SplitMix64`](crate::rng::SplitMix64), which the crate's own data pipeline uses so a seed
+/// gives the same masks in every version).
 ///
 /// ```
 /// use ar_refine::tasks::{Colorization, Task};
@@ -21,7 +25,7 @@ pub trait Task: Send + Sync {
     /// A short name (`colorization`, ...), used in reports and caches.
     fn name(&self) -> String;
     /// The (input, output) pair of `image`; random choices (masks) come from `rng`.
-    fn pair(&self, image: &RgbImage, rng: &mut SplitMix64) -> Result<(RgbImage, RgbImage)>;
+    fn pair(&self, image: &RgbImage, rng: &mut dyn Rng) -> Result<(RgbImage, RgbImage)>;
 }
 
 /// Colorization: input is the luma `0.2989 R + 0.5870 G + 0.1140 B` replicated to three
@@ -45,7 +49,7 @@ impl Task for Colorization {
         "colorization".into()
     }
 
-    fn pair(&self, image: &RgbImage, _rng: &mut SplitMix64) -> Result<(RgbImage, RgbImage)> {
+    fn pair(&self, image: &RgbImage, _rng: &mut dyn Rng) -> Result<(RgbImage, RgbImage)> {
         Ok((gray(image), image.clone()))
     }
 }
@@ -82,7 +86,7 @@ impl Task for Inpainting {
         "inpainting".into()
     }
 
-    fn pair(&self, image: &RgbImage, rng: &mut SplitMix64) -> Result<(RgbImage, RgbImage)> {
+    fn pair(&self, image: &RgbImage, rng: &mut dyn Rng) -> Result<(RgbImage, RgbImage)> {
         if self.patch == 0
             || !(0.0..=1.0).contains(&self.hole_prob)
             || !(0.0..=1.0).contains(&self.patch_prob)
@@ -92,10 +96,10 @@ impl Task for Inpainting {
         let (w, h) = image.dimensions();
         let mut x = image.clone();
         let fill = Rgb([self.fill; 3]);
-        if rng.next_f64() < self.hole_prob {
-            let side = (rng.uniform(0.1, 0.5) * w.min(h) as f32).round().max(1.0) as u32;
-            let x0 = rng.below((w - side + 1) as usize) as u32;
-            let y0 = rng.below((h - side + 1) as usize) as u32;
+        if unit_f64(rng) < self.hole_prob {
+            let side = (uniform_f32(rng, 0.1, 0.5) * w.min(h) as f32).round().max(1.0) as u32;
+            let x0 = below(rng, (w - side + 1) as usize) as u32;
+            let y0 = below(rng, (h - side + 1) as usize) as u32;
             for y in y0..y0 + side {
                 for xx in x0..x0 + side {
                     x.put_pixel(xx, y, fill);
@@ -104,7 +108,7 @@ impl Task for Inpainting {
         } else {
             for cy in (0..h).step_by(self.patch as usize) {
                 for cx in (0..w).step_by(self.patch as usize) {
-                    if rng.next_f64() < self.patch_prob {
+                    if unit_f64(rng) < self.patch_prob {
                         for y in cy..(cy + self.patch).min(h) {
                             for xx in cx..(cx + self.patch).min(w) {
                                 x.put_pixel(xx, y, fill);
@@ -142,7 +146,7 @@ impl Task for EdgeDetection {
         "edges".into()
     }
 
-    fn pair(&self, image: &RgbImage, _rng: &mut SplitMix64) -> Result<(RgbImage, RgbImage)> {
+    fn pair(&self, image: &RgbImage, _rng: &mut dyn Rng) -> Result<(RgbImage, RgbImage)> {
         if !(self.low >= 0.0 && self.high >= self.low && self.high.is_finite()) {
             return Err(Error::Config(format!(
                 "Canny thresholds need 0 <= low <= high, got {} and {}",

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// The pixel range a VQGAN was trained on. [`crate::Tokenizer`] always takes and returns
+/// The pixel range a VQGAN was trained on. [`crate::traits::Tokenizer`] always takes and returns
 /// `[0, 1]`; the tokenizer converts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PixelRange {
@@ -171,8 +171,7 @@ impl VqganConfig {
             path = path.join("config.json");
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: not JSON: {e}", path.display())))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(path.display().to_string(), e))?;
         Self::from_json(&v).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -180,7 +179,7 @@ impl VqganConfig {
     pub fn from_json(v: &Value) -> Result<Self> {
         let c = if v.get("pixel_range").is_some() {
             serde_json::from_value::<Self>(v.clone())
-                .map_err(|e| Error::Config(format!("not an ar-refine VQGAN config: {e}")))?
+                .map_err(|e| Error::json("an ar-refine VQGAN config", e))?
         } else if let Some(p) = v.pointer("/model/params").or_else(|| v.get("params")) {
             Self::from_taming(p)?
         } else if v.get("ddconfig").is_some() {

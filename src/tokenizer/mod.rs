@@ -8,16 +8,12 @@
 
 mod blocks;
 mod config;
-#[cfg(feature = "cubecl")]
-mod fused;
 mod model;
 mod train;
 mod vqgan;
 
 pub use blocks::{apply_conv, apply_conv_padded, conv_path, set_conv_path, ConvPath};
 pub use config::{PixelRange, VqganConfig};
-#[cfg(feature = "cubecl")]
-pub(crate) use fused::{kernels as group_norm_silu_kernels, GroupNormSilu, GroupNormSiluSaved};
 pub use model::{Layout, VqganModel};
 pub use train::{
     reconstruction_psnr, train_vqgan, valid, vq_losses, Recon, VqLosses, VqStepReport, VqTrainConfig,

@@ -1,7 +1,7 @@
 //! The VQGAN network (encoder, codebook, decoder) and the names of its tensors in each
 //! checkpoint layout.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;

@@ -1,9 +1,9 @@
 //! Training a VQGAN from scratch: reconstruction + codebook + commitment loss with the
 //! straight-through estimator, and dead-code restarts.
 
-use crate::{ArAutodiffBackend, ArBackend};
+use crate::backend::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -18,9 +18,8 @@ use crate::data::ImageSet;
 use crate::decode::{nearest_codes, Metric};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{
-    checkpoint_due, clip_grad_norm, resume, save_checkpoint, FusedAdamW, Planner, TimeBudget, TrainState,
-    WarmupCosine,
+use crate::training::{
+    resume, run_loop, FusedAdamW, LoopBody, LoopSettings, StepDone, TimeBudget, TrainState, WarmupCosine,
 };
 
 /// Reconstruction loss.
@@ -190,7 +189,7 @@ pub fn train_vqgan<B: ArAutodiffBackend>(
     on_step: &mut dyn FnMut(&VqStepReport),
 ) -> Result<(Vqgan<B>, TrainState)> {
     cfg.schedule.validate()?;
-    let mut model = vq.into_model();
+    let model = vq.into_model();
     let c = model.config.clone();
     if images.size() != c.resolution {
         return Err(Error::Config(format!(
@@ -206,11 +205,10 @@ pub fn train_vqgan<B: ArAutodiffBackend>(
     }
     let beta = cfg.beta.unwrap_or(c.commitment_cost);
     let device = model.codebook.val().device();
-    let mut optim = FusedAdamW::init::<B, VqganModel<B>>(0.5, 0.9, 0.0);
+    let optim = FusedAdamW::init::<B, VqganModel<B>>(0.5, 0.9, 0.0);
     let identity = serde_json::json!({ "model": c, "train": cfg });
-    let mut state = TrainState::start(identity, cfg.seed);
-    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
-    let mut rng = SplitMix64::new(state.rng);
+    let state = TrainState::start(identity, cfg.seed);
+    let (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
     // codes used since the last dead-code restart: part of the checkpoint, so a resumed run
     // restarts the same codes as an uninterrupted one
     let mut used = vec![false; c.num_embeddings];
@@ -221,81 +219,118 @@ pub fn train_vqgan<B: ArAutodiffBackend>(
             }
         }
     }
-    let start = Instant::now();
-    let first = state.step;
-    let mut plan = Planner::new(cfg.time_budget, &state, cfg.steps, cfg.schedule);
-    while state.step < plan.total {
-        let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(images.len())).collect();
-        let batch = images.batch::<B>(&idx, &device)?;
-        let losses = vq_losses(&model, batch, cfg.recon, cfg.codebook_weight, beta)?;
+    let settings = LoopSettings {
+        steps: cfg.steps,
+        schedule: cfg.schedule,
+        time_budget: cfg.time_budget,
+        grad_clip: cfg.grad_clip,
+        checkpoint_every: cfg.checkpoint_every,
+        checkpoints,
+        what: "VQGAN training loss",
+    };
+    let mut body = VqBody {
+        images,
+        cfg,
+        beta,
+        device,
+        used,
+        last: None,
+        on_step,
+    };
+    let (model, _, state) = run_loop(&settings, model, optim, state, &mut body)?;
+    Ok((Vqgan::from_trained(model)?, state))
+}
+
+/// [`train_vqgan`]'s step: a random batch, the VQ losses, and dead-code restarts after it.
+struct VqBody<'a, B: ArAutodiffBackend> {
+    images: &'a ImageSet,
+    cfg: &'a VqTrainConfig,
+    beta: f64,
+    device: B::Device,
+    /// Codes used since the last restart.
+    used: Vec<bool>,
+    /// The last step's reconstruction loss, its code ids and encoder latents `[n, embed_dim]`.
+    last: Option<(f32, Vec<i64>, Tensor<B::InnerBackend, 2>)>,
+    on_step: &'a mut dyn FnMut(&VqStepReport),
+}
+
+impl<B: ArAutodiffBackend> LoopBody<B, VqganModel<B>> for VqBody<'_, B> {
+    fn grads(&mut self, model: &VqganModel<B>, rng: &mut SplitMix64) -> Result<(f32, GradientsParams)> {
+        let cfg = self.cfg;
+        let idx: Vec<usize> = (0..cfg.batch_size)
+            .map(|_| rng.below(self.images.len()))
+            .collect();
+        let batch = self.images.batch::<B>(&idx, &self.device)?;
+        let losses = vq_losses(model, batch, cfg.recon, cfg.codebook_weight, self.beta)?;
         let loss = read_f32(losses.total.clone())?[0];
         if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("VQGAN training loss at step {}", state.step + 1),
-            });
+            return Ok((loss, GradientsParams::new()));
         }
         let recon = read_f32(losses.recon.clone())?[0];
         let ids = read_i64(losses.ids.clone().inner())?;
-        let mut batch_used = std::collections::HashSet::new();
         for &i in &ids {
-            used[i as usize] = true;
-            batch_used.insert(i);
+            self.used[i as usize] = true;
         }
-        let mut grads = GradientsParams::from_grads(losses.total.backward(), &model);
-        if let Some(clip) = cfg.grad_clip {
-            clip_grad_norm(&model, &mut grads, clip)?;
-        }
-        let lr = plan.schedule.lr(state.step);
-        model = optim.step(lr, model, grads);
-        state.step += 1;
-        plan.after_step(&mut state, start.elapsed());
+        self.last = Some((recon, ids, losses.latents.clone().inner()));
+        Ok((loss, GradientsParams::from_grads(losses.total.backward(), model)))
+    }
+
+    fn after<O: Optimizer<VqganModel<B>, B>>(
+        &mut self,
+        model: &mut VqganModel<B>,
+        _optim: &O,
+        state: &mut TrainState,
+        done: &StepDone,
+        rng: &mut SplitMix64,
+    ) -> Result<()> {
+        let c = &model.config;
+        let (k, dim) = (c.num_embeddings, c.embed_dim);
+        let Some((recon, ids, latents)) = self.last.take() else {
+            return Ok(());
+        };
+        let batch_used: std::collections::HashSet<i64> = ids.iter().copied().collect();
         let mut restarted = 0;
-        if cfg
+        if self
+            .cfg
             .restart_dead_every
             .is_some_and(|e| e > 0 && state.step.is_multiple_of(e))
         {
-            let dead: Vec<usize> = (0..c.num_embeddings).filter(|k| !used[*k]).collect();
+            let dead: Vec<usize> = (0..k).filter(|i| !self.used[*i]).collect();
             if !dead.is_empty() {
-                let lat = read_f32(losses.latents.clone().inner())?;
+                let lat = read_f32(latents)?;
                 let n = ids.len();
                 let mut codes = read_f32(model.codebook.val().inner())?;
-                for &k in &dead {
+                for &code in &dead {
                     let src = rng.below(n);
-                    codes[k * c.embed_dim..(k + 1) * c.embed_dim]
-                        .copy_from_slice(&lat[src * c.embed_dim..(src + 1) * c.embed_dim]);
+                    codes[code * dim..(code + 1) * dim].copy_from_slice(&lat[src * dim..(src + 1) * dim]);
                 }
-                let t = Tensor::<B, 2>::from_data(
-                    TensorData::new(codes, [c.num_embeddings, c.embed_dim]),
-                    &device,
-                );
-                model.codebook = model.codebook.map(|_| t.require_grad());
+                let t = Tensor::<B, 2>::from_data(TensorData::new(codes, [k, dim]), &self.device);
+                model.codebook = model.codebook.clone().map(|_| t.require_grad());
                 restarted = dead.len();
             }
-            used.iter_mut().for_each(|u| *u = false);
+            self.used.iter_mut().for_each(|u| *u = false);
         }
-        state.losses.push(loss);
-        state.rng = rng.state();
-        let elapsed = start.elapsed();
-        on_step(&VqStepReport {
-            step: state.step,
-            steps: plan.total,
-            loss,
+        (self.on_step)(&VqStepReport {
+            step: done.step,
+            steps: done.total,
+            loss: done.loss,
             recon,
             codes_used: batch_used.len(),
             restarted,
-            lr,
-            images_per_sec: ((state.step - first) * cfg.batch_size) as f64 / elapsed.as_secs_f64().max(1e-9),
-            elapsed,
+            lr: done.lr,
+            images_per_sec: (done.steps_this_run * self.cfg.batch_size) as f64
+                / done.elapsed.as_secs_f64().max(1e-9),
+            elapsed: done.elapsed,
         });
-        if let Some(dir) = checkpoints {
-            if checkpoint_due(state.step, cfg.checkpoint_every, plan.total) {
-                let ids: Vec<usize> = (0..c.num_embeddings).filter(|k| used[*k]).collect();
-                state.extra = serde_json::json!({ "used_codes": ids });
-                save_checkpoint(dir, &model, &optim, &state)?;
-            }
-        }
+        Ok(())
     }
-    Ok((Vqgan::from_trained(model)?, state))
+
+    fn checkpoint_extra(&mut self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let ids: Vec<usize> = (0..self.used.len()).filter(|k| self.used[*k]).collect();
+        let mut m = serde_json::Map::new();
+        m.insert("used_codes".into(), serde_json::json!(ids));
+        Some(m)
+    }
 }
 
 /// Mean reconstruction PSNR (dB) of `images` through encode → decode, in chunks of `batch`.
@@ -312,7 +347,7 @@ pub fn reconstruction_psnr<B: ArBackend>(
         let idx: Vec<usize> = (s..(s + batch.max(1)).min(n)).collect();
         let x = images.batch::<B>(&idx, device)?;
         let y = vq.decode(vq.encode(x.clone())?)?;
-        total += crate::eval::psnr(x, y)? * idx.len() as f64;
+        total += crate::metrics::psnr(x, y)? * idx.len() as f64;
     }
     Ok(total / n.max(1) as f64)
 }

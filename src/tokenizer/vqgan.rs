@@ -1,6 +1,6 @@
 //! [`Vqgan`]: the built-in [`Tokenizer`], loading open-MUSE, diffusers and taming checkpoints.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use burn::module::{Module, Param};
@@ -97,7 +97,7 @@ impl<B: ArBackend> Vqgan<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate()?;
-        crate::watch_device_panics();
+        crate::device_watch::watch_device_panics();
         crate::io::check_param_budget(source, config.param_lower_bound(), "the VQGAN config")?;
         let layout = Layout::detect(&source.keys());
         let mut model = VqganModel::new(&config, device);
@@ -125,8 +125,8 @@ impl<B: ArBackend> Vqgan<B> {
             return Err(e);
         }
         save_safetensors(dir.join("model.safetensors"), &saver.tensors, dtype)?;
-        let text =
-            serde_json::to_string_pretty(&self.model.config).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.model.config)
+            .map_err(|e| Error::json("the VQGAN config", e))?;
         write_atomic(dir.join("config.json"), text.as_bytes())
     }
 

@@ -1,28 +1,26 @@
 //! The refiner training loop: the backbone is frozen (its outputs are precomputed [`Pairs`]),
 //! the refiner learns to map the embeddings of generated codes to those of the ground truth.
 
-use crate::{ArAutodiffBackend, ArBackend};
+use crate::backend::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{checkpoint_due, resume, save_checkpoint, TrainState};
-use super::clip::clip_grad_norm;
-use super::data_parallel::{exclusive_run, Peer};
 use super::pairs::{HiddenSource, Pairs};
-use super::schedule::WarmupCosine;
 use crate::checks::{read_data, read_f32, read_i64};
 use crate::decode::{Codebook, Metric};
 use crate::error::{Error, Result};
 use crate::io::{
     load_module_tensors, module_tensors, save_safetensors, write_atomic, SafetensorsFile, StoreDtype,
 };
-use crate::refiner::{Decision, GatePoint, GateScores, GateTable, RefinementLoss};
+use crate::refiner::{Decision, GatePoint, GateScores, GateTable, PreparedLoss, RefinementLoss};
 use crate::rng::SplitMix64;
+use crate::training::data_parallel::{exclusive_run, Peer};
+use crate::training::{resume, run_loop, LoopBody, LoopSettings, StepDone, TrainState, WarmupCosine};
 use crate::traits::{RefineInput, Refiner, TokenGrid};
 
 /// Settings of [`train_refiner`].
@@ -403,12 +401,10 @@ impl Job<'_> {
         M::InnerModule: Refiner<B::InnerBackend>,
     {
         let cfg = self.cfg;
-        let (grid, train) = (self.grid, self.train);
         let peer = peers
             .map(|n| Peer::join::<B::InnerBackend>(rank, n, device))
             .transpose()?;
         let peer = peer.as_ref();
-        let n = peer.map_or(1, Peer::peers);
         let setup = || -> Result<_> {
             let book = Codebook::<B>::new(Tensor::from_data(self.codes.clone(), device), self.metric)?;
             let inner_book =
@@ -436,137 +432,167 @@ impl Job<'_> {
                 });
             }
         }
-        let (book, inner_book, mut model, mut optim, mut state, prepared, mut best) = set?;
+        let (book, inner_book, model, optim, state, prepared, best) = set?;
         // hidden states come from the inner backend, without gradients
         let hidden_ad = hidden.map(|h| FromInner { inner: h });
         let hidden_ad = hidden_ad.as_ref().map(|h| h as &dyn HiddenSource<B>);
-        let mut rng = SplitMix64::new(state.rng);
-        let start = Instant::now();
-        let first = state.step;
-        let mut pending: Option<Error> = None;
-        while state.step < cfg.steps {
-            let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(train.len())).collect();
-            let (lo, hi) = shard(cfg.batch_size, rank, n);
-            let local = (|| -> Result<_> {
-                let (input, truth) = pair_input(&model, train, &idx[lo..hi], &book, grid, hidden_ad)?;
-                let own = input.codes.clone();
-                let loss = prepared.forward(&model.refine(input)?, &own, &truth)?;
-                Ok(if n > 1 {
-                    loss.mul_scalar((hi - lo) as f64 / cfg.batch_size as f64)
-                } else {
-                    loss
-                })
-            })();
-            let (value, mut grads) = match peer {
-                None => {
-                    let loss = local?;
-                    let value = read_f32(loss.clone())?[0];
-                    (value, GradientsParams::from_grads(loss.backward(), &model))
-                }
-                Some(p) => {
-                    let failed = pending.is_some() || local.is_err();
-                    let (grads, loss) = match local {
-                        Ok(loss) => {
-                            let inner = loss.clone().inner().reshape([1]);
-                            (GradientsParams::from_grads(loss.backward(), &model), inner)
-                        }
-                        Err(e) => {
-                            pending.get_or_insert(e);
-                            (GradientsParams::new(), Tensor::zeros([1], device))
-                        }
-                    };
-                    let flag = Tensor::from_data([failed as u8 as f32], device);
-                    let (grads, sums) =
-                        p.sum_gradients::<B, M>(&model, grads, Tensor::cat(vec![loss, flag], 0))?;
-                    if sums[1] > 0.0 {
-                        return Err(pending.take().unwrap_or_else(|| Error::Parallel {
-                            rank,
-                            reason: "another device failed".into(),
-                        }));
-                    }
-                    (sums[0], grads)
-                }
-            };
-            if !value.is_finite() {
-                return Err(Error::NonFinite {
-                    what: format!("refiner training loss at step {}", state.step + 1),
-                });
-            }
-            if let Some(c) = cfg.grad_clip {
-                clip_grad_norm(&model, &mut grads, c)?;
-            }
-            let lr = cfg.schedule.lr(state.step);
-            model = optim.step(lr, model, grads);
-            state.step += 1;
-            state.losses.push(value);
-            state.rng = rng.state();
-            if rank == 0 {
-                let after = self.after_step(
-                    &model,
-                    &optim,
-                    &mut state,
-                    &mut best,
-                    &inner_book,
-                    hidden,
-                    lr,
-                    value,
-                    (start, first),
-                    on_step,
-                );
-                match (after, peer) {
-                    (Err(e), Some(_)) if state.step < cfg.steps => pending = Some(e),
-                    (r, _) => r?,
-                }
-            }
-        }
-        match best {
+        let settings = LoopSettings {
+            steps: cfg.steps,
+            schedule: cfg.schedule,
+            time_budget: None,
+            grad_clip: cfg.grad_clip,
+            checkpoint_every: cfg.checkpoint_every,
+            // only rank 0 writes checkpoints
+            checkpoints: self.checkpoints.filter(|_| rank == 0),
+            what: "refiner training loss",
+        };
+        let mut body = RefinerBody {
+            job: self,
+            rank,
+            peer,
+            book,
+            inner_book,
+            prepared,
+            hidden,
+            hidden_ad,
+            best,
+            pending: None,
+            device: device.clone(),
+            on_step,
+        };
+        let (model, _, state) = run_loop(&settings, model, optim, state, &mut body)?;
+        match body.best {
             Some((m, _)) if cfg.keep_best && rank == 0 => Ok((m, state)),
             _ => Ok((model, state)),
         }
     }
+}
 
-    /// Rank 0 after a step: validation (and the best weights so far), the report, the checkpoint.
-    #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
-    fn after_step<B, M, O>(
-        &self,
-        model: &M,
-        optim: &O,
+/// [`Job::train`]'s step on replica `rank`: its share of a batch through the refiner and the
+/// loss, gradients summed over the replicas; rank 0 validates and reports after each step.
+struct RefinerBody<'a, 'j, B: ArAutodiffBackend, M: AutodiffModule<B>> {
+    job: &'a Job<'j>,
+    rank: usize,
+    peer: Option<&'a Peer>,
+    book: Codebook<B>,
+    inner_book: Codebook<B::InnerBackend>,
+    prepared: PreparedLoss<B>,
+    hidden: Option<&'a dyn HiddenSource<B::InnerBackend>>,
+    hidden_ad: Option<&'a dyn HiddenSource<B>>,
+    /// The best weights by validation accuracy so far (rank 0, `keep_best`).
+    best: Option<(M, f32)>,
+    /// An error of this replica, reported to the others through the next all-reduce.
+    pending: Option<Error>,
+    device: B::Device,
+    on_step: &'a mut dyn FnMut(&RefinerStepReport),
+}
+
+impl<B, M> LoopBody<B, M> for RefinerBody<'_, '_, B, M>
+where
+    B: ArAutodiffBackend,
+    M: Refiner<B> + AutodiffModule<B>,
+    M::InnerModule: Refiner<B::InnerBackend>,
+{
+    fn grads(&mut self, model: &M, rng: &mut SplitMix64) -> Result<(f32, GradientsParams)> {
+        let cfg = self.job.cfg;
+        let (grid, train) = (self.job.grid, self.job.train);
+        let n = self.peer.map_or(1, Peer::peers);
+        let idx: Vec<usize> = (0..cfg.batch_size).map(|_| rng.below(train.len())).collect();
+        let (lo, hi) = shard(cfg.batch_size, self.rank, n);
+        let local = (|| -> Result<_> {
+            let (input, truth) = pair_input(model, train, &idx[lo..hi], &self.book, grid, self.hidden_ad)?;
+            let own = input.codes.clone();
+            let loss = self.prepared.forward(&model.refine(input)?, &own, &truth)?;
+            Ok(if n > 1 {
+                loss.mul_scalar((hi - lo) as f64 / cfg.batch_size as f64)
+            } else {
+                loss
+            })
+        })();
+        match self.peer {
+            None => {
+                let loss = local?;
+                let value = read_f32(loss.clone())?[0];
+                Ok((value, GradientsParams::from_grads(loss.backward(), model)))
+            }
+            Some(p) => {
+                let failed = self.pending.is_some() || local.is_err();
+                let (grads, loss) = match local {
+                    Ok(loss) => {
+                        let inner = loss.clone().inner().reshape([1]);
+                        (GradientsParams::from_grads(loss.backward(), model), inner)
+                    }
+                    Err(e) => {
+                        self.pending.get_or_insert(e);
+                        (GradientsParams::new(), Tensor::zeros([1], &self.device))
+                    }
+                };
+                let flag = Tensor::from_data([failed as u8 as f32], &self.device);
+                let (grads, sums) =
+                    p.sum_gradients::<B, M>(model, grads, Tensor::cat(vec![loss, flag], 0))?;
+                if sums[1] > 0.0 {
+                    return Err(self.pending.take().unwrap_or_else(|| Error::Parallel {
+                        rank: self.rank,
+                        reason: "another device failed".into(),
+                    }));
+                }
+                Ok((sums[0], grads))
+            }
+        }
+    }
+
+    fn after<O: Optimizer<M, B>>(
+        &mut self,
+        model: &mut M,
+        _optim: &O,
         state: &mut TrainState,
-        best: &mut Option<(M, f32)>,
-        inner_book: &Codebook<B::InnerBackend>,
-        hidden: Option<&dyn HiddenSource<B::InnerBackend>>,
-        lr: f64,
-        value: f32,
-        (start, first): (Instant, usize),
-        on_step: &mut dyn FnMut(&RefinerStepReport),
-    ) -> Result<()>
-    where
-        B: ArAutodiffBackend,
-        M: Refiner<B> + AutodiffModule<B>,
-        M::InnerModule: Refiner<B::InnerBackend>,
-        O: Optimizer<M, B>,
-    {
-        let cfg = self.cfg;
-        let val = match self.val {
+        done: &StepDone,
+        _rng: &mut SplitMix64,
+    ) -> Result<()> {
+        if self.rank != 0 {
+            return Ok(());
+        }
+        let after = self.validate_and_report(model, state, done);
+        match (after, self.peer) {
+            // the other replicas learn of it at the next all-reduce
+            (Err(e), Some(_)) if state.step < self.job.cfg.steps => {
+                self.pending = Some(e);
+                Ok(())
+            }
+            (r, _) => r,
+        }
+    }
+}
+
+impl<B, M> RefinerBody<'_, '_, B, M>
+where
+    B: ArAutodiffBackend,
+    M: Refiner<B> + AutodiffModule<B>,
+    M::InnerModule: Refiner<B::InnerBackend>,
+{
+    /// Rank 0 after a step: validation (and the best weights so far), then the report.
+    fn validate_and_report(&mut self, model: &M, state: &mut TrainState, done: &StepDone) -> Result<()> {
+        let job = self.job;
+        let cfg = job.cfg;
+        let val = match job.val {
             Some(v) if state.step.is_multiple_of(cfg.validate_every) || state.step == cfg.steps => {
                 let r = validate_refiner(
                     &model.valid(),
-                    inner_book,
-                    self.grid,
+                    &self.inner_book,
+                    job.grid,
                     v,
                     &cfg.loss,
                     cfg.decision,
                     cfg.batch_size,
-                    hidden,
+                    self.hidden,
                 )?;
                 if let Some(a) = state.extra.get_mut("val").and_then(|a| a.as_array_mut()) {
                     a.push(serde_json::json!([state.step, r.loss, r.accuracy]));
                 }
-                if cfg.keep_best && best.as_ref().is_none_or(|(_, acc)| r.accuracy > *acc) {
-                    *best = Some((model.clone(), r.accuracy));
+                if cfg.keep_best && self.best.as_ref().is_none_or(|(_, acc)| r.accuracy > *acc) {
+                    self.best = Some((model.clone(), r.accuracy));
                     state.extra["best"] = serde_json::json!({ "step": state.step, "accuracy": r.accuracy });
-                    if let Some(dir) = self.checkpoints {
+                    if let Some(dir) = job.checkpoints {
                         save_best(dir, model, &state.identity, state.step, r.accuracy)?;
                     }
                 }
@@ -574,23 +600,18 @@ impl Job<'_> {
             }
             _ => None,
         };
-        let elapsed = start.elapsed().as_secs_f64().max(1e-9);
-        let done = (state.step - first) as f64;
-        on_step(&RefinerStepReport {
+        let elapsed = done.elapsed.as_secs_f64().max(1e-9);
+        let steps_done = done.steps_this_run as f64;
+        (self.on_step)(&RefinerStepReport {
             step: state.step,
             steps: cfg.steps,
-            loss: value,
+            loss: done.loss,
             val_loss: val.map(|v| v.loss),
             val_accuracy: val.map(|v| v.accuracy),
-            lr,
-            tokens_per_sec: done * (cfg.batch_size * self.grid.len()) as f64 / elapsed,
-            eta: Duration::from_secs_f64(elapsed / done * (cfg.steps - state.step) as f64),
+            lr: done.lr,
+            tokens_per_sec: steps_done * (cfg.batch_size * job.grid.len()) as f64 / elapsed,
+            eta: Duration::from_secs_f64(elapsed / steps_done * (cfg.steps - state.step) as f64),
         });
-        if let Some(dir) = self.checkpoints {
-            if checkpoint_due(state.step, cfg.checkpoint_every, cfg.steps) {
-                save_checkpoint(dir, model, optim, state)?;
-            }
-        }
         Ok(())
     }
 }

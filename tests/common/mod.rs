@@ -146,3 +146,16 @@ pub fn example(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+#[path = "../../examples/common/data_dir.rs"]
+mod data_dir;
+#[allow(unused_imports)]
+pub use data_dir::shared_data_dir;
+
+/// FNV-1a, 64 bit: the checksum the crate's checkpoint and cache files record for each file
+/// (`state.json`'s `checksums`), written out here as the file format's specification.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -1,6 +1,6 @@
 //! A preallocated key/value cache for incremental decoding.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::tensor::Tensor;
 
 use super::config::LlamaConfig;

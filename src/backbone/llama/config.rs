@@ -185,7 +185,7 @@ impl LlamaConfig {
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let mut c: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: not a LLaMA config.json: {e}", path.display())))?;
+            .map_err(|e| Error::json(format!("{} (a LLaMA config.json)", path.display()), e))?;
         if let Some(theta) = c
             .rope_parameters
             .as_ref()
@@ -200,7 +200,7 @@ impl LlamaConfig {
 
     /// Writes this config as pretty JSON (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::json("the LLaMA config", e))?;
         crate::io::write_atomic(path, text.as_bytes())
     }
 

@@ -1,17 +1,15 @@
 //! [`ArBackbone`] for [`Llama`]: teacher-forced forward and KV-cache generation.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::ops::Range;
 
 use burn::tensor::{Int, Tensor};
 
 use super::model::Llama;
-use crate::backbone::generate::validate_prompt;
-use crate::backbone::sampling::{sample_row, Sampling};
-use crate::backbone::score::{token_scores, AnswerScores};
 use crate::checks::{ensure_finite, int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::traits::{sample_row, token_scores, validate_prompt, AnswerScores, Sampling};
 use crate::traits::{ArBackbone, ForwardOutput};
 
 /// The most tokens one [`Llama::generate_with`] call produces (4,096 LVM images of 256 tokens):
@@ -64,7 +62,7 @@ impl<B: ArBackend> Llama<B> {
     /// the prompt, then one single-token pass per new token. Sampling is restricted to
     /// [`ArBackbone::image_token_ids`]. Greedy decoding without a callback stays on the device
     /// (no host round trip per token); other settings sample on the host with the seeded
-    /// generator shared with [`crate::generate_by_forward`], so both give the same tokens.
+    /// generator shared with [`crate::traits::generate_by_forward`], so both give the same tokens.
     ///
     /// When prompt plus output outgrow the context, the window keeps the last
     /// `context_len` tokens (each step past that point re-runs a prefill over the window);
@@ -76,7 +74,7 @@ impl<B: ArBackend> Llama<B> {
         sampling: &Sampling,
         mut opts: GenerateOptions<'_>,
     ) -> Result<Generation<B>> {
-        crate::watch_device_panics();
+        crate::device_watch::watch_device_panics();
         validate_prompt(self, &prompt, sampling)?;
         if n_new == 0 {
             return Err(Error::Config("generate needs n_new >= 1".into()));
@@ -170,7 +168,7 @@ impl<B: ArBackend> Llama<B> {
             ensure_finite(&last_hidden, "backbone hidden states")?;
         }
         // A GPU runtime failure while generating leaves zeros behind, not an error.
-        crate::check_device()?;
+        crate::device_watch::check_device()?;
         let scores = opts.want_scores.map(|_| AnswerScores {
             log_prob: Tensor::cat(log_probs, 1),
             entropy: Tensor::cat(entropies, 1),

@@ -1,7 +1,7 @@
 //! LLaMA building blocks: projections (with optional LoRA), RMSNorm, rotate-half RoPE,
 //! grouped-query attention with a KV cache, SwiGLU MLP and the decoder layer.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::attention;
@@ -99,9 +99,9 @@ pub fn linear_t<B: ArBackend, const D: usize>(x: Tensor<B, D>, w_t: Tensor<B, 2>
         let mut dims = x.dims();
         let k = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
-        if rows <= super::fused::SKINNY_MAX_ROWS {
+        if rows <= crate::backend::llama::fused::SKINNY_MAX_ROWS {
             dims[D - 1] = w_t.dims()[0];
-            return match super::fused::skinny_linear(x.reshape([rows, k]), &w_t) {
+            return match crate::backend::llama::fused::skinny_linear(x.reshape([rows, k]), &w_t) {
                 Ok(y) => y.reshape(dims),
                 Err(x2) => flat_matmul(x2, w_t.transpose()).reshape(dims),
             };
@@ -141,7 +141,7 @@ impl<B: ArBackend> RmsNorm<B> {
         let x = {
             let [b, n, h] = x.dims();
             let gain = self.weight.val();
-            let y = match super::fused::rms_norm(x.reshape([b * n, h]), &gain, self.eps) {
+            let y = match crate::backend::llama::fused::rms_norm(x.reshape([b * n, h]), &gain, self.eps) {
                 Ok(y) => Ok(y),
                 Err(x) => B::rms_norm(x.clone(), gain, self.eps).ok_or(x),
             };
@@ -179,7 +179,7 @@ impl<B: ArBackend> RmsNorm<B> {
         #[cfg(feature = "cubecl")]
         let (x, delta) = {
             let [b, n, h] = x.dims();
-            match super::fused::add_rms_norm(
+            match crate::backend::llama::fused::add_rms_norm(
                 x.reshape([b * n, h]),
                 delta.reshape([b * n, h]),
                 &self.weight.val(),
@@ -229,11 +229,7 @@ pub(crate) fn rope_tables<B: ArBackend>(
 }
 
 /// `x [b, h, n, hd]` rotated by the tables `[n, hd]`: `x·cos + rotate_half(x)·sin`.
-pub(super) fn apply_rope<B: ArBackend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-) -> Tensor<B, 4> {
+fn apply_rope<B: ArBackend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let hd = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, hd / 2);
     let x2 = x.clone().narrow(3, hd / 2, hd / 2);
@@ -294,7 +290,7 @@ impl<B: ArBackend> Attention<B> {
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         #[cfg(feature = "cubecl")]
         let (q, k, v) = {
-            let args = super::fused::RopeKv {
+            let args = crate::backend::llama::fused::RopeKv {
                 q: q.reshape([b * n, h * hd]),
                 k: k.reshape([b * n, kv * hd]),
                 v: v.reshape([b * n, kv * hd]),
@@ -305,7 +301,7 @@ impl<B: ArBackend> Attention<B> {
                 batch: b,
                 heads: h,
             };
-            match super::fused::rope_kv(args) {
+            match crate::backend::llama::fused::rope_kv(args) {
                 Ok((q, kb, vb)) => {
                     return match cache {
                         Some(c) => {
@@ -371,7 +367,7 @@ impl<B: ArBackend> Attention<B> {
         let v = self.v_proj.forward(x);
         let (q, k, v) = self.rope_and_cache(q, k, v, step, cache);
         #[cfg(feature = "cubecl")]
-        let (q, k, v) = match super::fused::decode_attention(q, k, v) {
+        let (q, k, v) = match crate::backend::llama::fused::decode_attention(q, k, v) {
             Ok(out) => return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd])),
             Err(qkv) => qkv,
         };
@@ -441,9 +437,9 @@ impl<B: ArBackend> Mlp<B> {
         let x = {
             let [b, n, h] = x.dims();
             match (&self.gate_proj.lora, &self.up_proj.lora) {
-                (None, None) if b * n <= super::fused::SKINNY_MAX_ROWS => {
+                (None, None) if b * n <= crate::backend::llama::fused::SKINNY_MAX_ROWS => {
                     let (wg, wu) = (self.gate_proj.weight.val(), self.up_proj.weight.val());
-                    match super::fused::swiglu(x.reshape([b * n, h]), &wg, &wu) {
+                    match crate::backend::llama::fused::swiglu(x.reshape([b * n, h]), &wg, &wu) {
                         Ok(y) => return self.down_proj.forward(y.reshape([b, n, wg.dims()[0]])),
                         Err(x) => x.reshape([b, n, h]),
                     }
@@ -457,7 +453,8 @@ impl<B: ArBackend> Mlp<B> {
         let (g, u) = {
             let [b, n, i] = g.dims();
             // decode kernel, else (training) the kernels with a backward pass
-            let y = match super::fused::silu_mul(g.reshape([b * n, i]), u.reshape([b * n, i])) {
+            let y = match crate::backend::llama::fused::silu_mul(g.reshape([b * n, i]), u.reshape([b * n, i]))
+            {
                 Ok(y) => Ok(y),
                 Err((g, u)) => B::silu_mul(g.clone(), u.clone()).ok_or((g, u)),
             };

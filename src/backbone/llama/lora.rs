@@ -1,6 +1,6 @@
 //! LoRA adapters for [`Llama`]: attach (base frozen), save/load in PEFT's file layout, merge.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -171,13 +171,13 @@ pub fn save_lora<B: ArBackend>(model: &Llama<B>, config: &LoraConfig, dir: impl 
         }
     }
     save_safetensors(dir.join("adapter_model.safetensors"), &tensors, StoreDtype::F32)?;
-    let mut json = serde_json::to_value(config).map_err(|e| Error::Config(e.to_string()))?;
+    let mut json = serde_json::to_value(config).map_err(|e| Error::json("the LoRA config", e))?;
     if let Some(obj) = json.as_object_mut() {
         obj.insert("peft_type".into(), "LORA".into());
         obj.insert("task_type".into(), "CAUSAL_LM".into());
         obj.insert("bias".into(), "none".into());
     }
-    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Config(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::json("adapter_config.json", e))?;
     write_atomic(dir.join("adapter_config.json"), text.as_bytes())
 }
 
@@ -192,7 +192,7 @@ pub fn load_lora<B: ArBackend>(
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let config: LoraConfig = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: not a LoRA adapter config: {e}", cfg_path.display())))?;
+        .map_err(|e| Error::json(format!("{} (a PEFT LoRA adapter config)", cfg_path.display()), e))?;
     let targets: HashSet<ProjName> = config.targets()?.into_iter().collect();
     let file = SafetensorsFile::open(dir.join("adapter_model.safetensors"))?;
     let mut report = KeyReport::new(&file);

@@ -1,6 +1,6 @@
 //! The LLaMA model: construction, HF checkpoint loading/saving and the forward pass.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use burn::module::{Module, Param};
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, TensorSource};
 
 /// A LLaMA causal language model (HF `LlamaForCausalLM` layout), the built-in
-/// [`crate::ArBackbone`].
+/// [`crate::traits::ArBackbone`].
 ///
 /// Weights: `embed_tokens [vocab, hidden]`, per layer q/k/v/o and gate/up/down projections,
 /// RMSNorms, final norm and `lm_head [vocab, hidden]` (absent when tied). Every matrix is
@@ -160,7 +160,7 @@ impl<B: ArBackend> Llama<B> {
     /// and shape mismatch is listed in one [`Error::Checkpoint`].
     pub fn from_checkpoint(config: LlamaConfig, file: &dyn TensorSource, device: &B::Device) -> Result<Self> {
         config.validate()?;
-        crate::watch_device_panics();
+        crate::device_watch::watch_device_panics();
         crate::io::check_param_budget(file, config.param_count(), "the LLaMA config")?;
         let mut report = KeyReport::new(file);
         report.ignore_unused("rotary_emb.inv_freq");

@@ -1,8 +1,8 @@
 //! Next-token training of a [`Llama`] (pretraining a small backbone, or LoRA fine-tuning).
 
-use crate::{ArAutodiffBackend, ArBackend};
+use crate::backend::{ArAutodiffBackend, ArBackend};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
@@ -13,9 +13,8 @@ use super::model::Llama;
 use crate::checks::{int_tensor, read_f32};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::train::{
-    checkpoint_due, clip_grad_norm, resume, save_checkpoint, FusedAdamW, Planner, TimeBudget, TrainState,
-    WarmupCosine,
+use crate::training::{
+    resume, run_loop, FusedAdamW, LoopBody, LoopSettings, StepDone, TimeBudget, TrainState, WarmupCosine,
 };
 
 /// Settings of [`train_lm`].
@@ -157,60 +156,86 @@ pub fn train_lm<B: ArAutodiffBackend>(
         }
     }
     let device = model.embed_tokens.val().device();
-    let mut optim = FusedAdamW::init::<B, Llama<B>>(0.9, 0.999, cfg.weight_decay);
-    let mut model = model;
+    let optim = FusedAdamW::init::<B, Llama<B>>(0.9, 0.999, cfg.weight_decay);
     // `layout`: projection weights are stored `[out, in]` since 0.2; a checkpoint of the
     // `[in, out]` layout has no such key and is refused as another run's, not misread.
     let identity = serde_json::json!({ "model": model.config, "train": cfg, "layout": "out_in" });
-    let mut state = TrainState::start(identity, cfg.seed);
-    (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
-    let mut rng = SplitMix64::new(state.rng);
-    let start = Instant::now();
-    let mut plan = Planner::new(cfg.time_budget, &state, cfg.steps, cfg.schedule);
-    let mut tokens_seen = 0usize;
-    while state.step < plan.total {
-        let lead = rng.below(sequences.len());
-        let len = sequences[lead].len();
-        let group = &groups[&len];
-        let mut batch: Vec<i64> = sequences[lead].clone();
-        for _ in 1..cfg.batch_size {
-            batch.extend_from_slice(&sequences[group[rng.below(group.len())]]);
-        }
-        let tokens = int_tensor(batch, cfg.batch_size, len, &device);
-        let loss = lm_loss(&model, tokens, cfg.loss_from)?;
-        let loss_value = read_f32(loss.clone())?[0];
-        if !loss_value.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("training loss at step {}", state.step + 1),
-            });
-        }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let grad_norm = match cfg.grad_clip {
-            Some(c) => clip_grad_norm(&model, &mut grads, c)?,
-            None => f64::NAN,
-        };
-        let lr = plan.schedule.lr(state.step);
-        model = optim.step(lr, model, grads);
-        state.step += 1;
-        tokens_seen += cfg.batch_size * len;
-        let elapsed = start.elapsed();
-        plan.after_step(&mut state, elapsed);
-        state.losses.push(loss_value);
-        state.rng = rng.state();
-        on_step(&StepReport {
-            step: state.step,
-            steps: plan.total,
-            loss: loss_value,
-            lr,
-            grad_norm,
-            tokens_per_sec: tokens_seen as f64 / elapsed.as_secs_f64().max(1e-9),
-            elapsed,
-        });
-        if let Some(dir) = checkpoints {
-            if checkpoint_due(state.step, cfg.checkpoint_every, plan.total) {
-                save_checkpoint(dir, &model, &optim, &state)?;
-            }
-        }
-    }
+    let state = TrainState::start(identity, cfg.seed);
+    let (model, optim, state) = resume(checkpoints, model, optim, state, &device)?;
+    let settings = LoopSettings {
+        steps: cfg.steps,
+        schedule: cfg.schedule,
+        time_budget: cfg.time_budget,
+        grad_clip: cfg.grad_clip,
+        checkpoint_every: cfg.checkpoint_every,
+        checkpoints,
+        what: "training loss",
+    };
+    let mut body = LmBody {
+        sequences,
+        groups: &groups,
+        batch_size: cfg.batch_size,
+        loss_from: cfg.loss_from,
+        device,
+        tokens_seen: 0,
+        len: 0,
+        on_step,
+    };
+    let (model, _, state) = run_loop(&settings, model, optim, state, &mut body)?;
     Ok((model, state))
+}
+
+/// [`train_lm`]'s step: a batch of sequences of one length, next-token loss.
+struct LmBody<'a, B: ArAutodiffBackend> {
+    sequences: &'a [Vec<i64>],
+    groups: &'a std::collections::BTreeMap<usize, Vec<usize>>,
+    batch_size: usize,
+    loss_from: usize,
+    device: B::Device,
+    tokens_seen: usize,
+    /// The length of the last batch's sequences.
+    len: usize,
+    on_step: &'a mut dyn FnMut(&StepReport),
+}
+
+impl<B: ArAutodiffBackend> LoopBody<B, Llama<B>> for LmBody<'_, B> {
+    fn grads(&mut self, model: &Llama<B>, rng: &mut SplitMix64) -> Result<(f32, GradientsParams)> {
+        let lead = rng.below(self.sequences.len());
+        let len = self.sequences[lead].len();
+        let group = &self.groups[&len];
+        let mut batch: Vec<i64> = self.sequences[lead].clone();
+        for _ in 1..self.batch_size {
+            batch.extend_from_slice(&self.sequences[group[rng.below(group.len())]]);
+        }
+        let tokens = int_tensor(batch, self.batch_size, len, &self.device);
+        let loss = lm_loss(model, tokens, self.loss_from)?;
+        let value = read_f32(loss.clone())?[0];
+        if !value.is_finite() {
+            // no backward pass through a non-finite loss: the loop reports it
+            return Ok((value, GradientsParams::new()));
+        }
+        self.len = len;
+        Ok((value, GradientsParams::from_grads(loss.backward(), model)))
+    }
+
+    fn after<O: Optimizer<Llama<B>, B>>(
+        &mut self,
+        _model: &mut Llama<B>,
+        _optim: &O,
+        _state: &mut TrainState,
+        done: &StepDone,
+        _rng: &mut SplitMix64,
+    ) -> Result<()> {
+        self.tokens_seen += self.batch_size * self.len;
+        (self.on_step)(&StepReport {
+            step: done.step,
+            steps: done.total,
+            loss: done.loss,
+            lr: done.lr,
+            grad_norm: done.grad_norm,
+            tokens_per_sec: self.tokens_seen as f64 / done.elapsed.as_secs_f64().max(1e-9),
+            elapsed: done.elapsed,
+        });
+        Ok(())
+    }
 }

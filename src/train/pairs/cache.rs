@@ -89,7 +89,7 @@ pub fn load_pairs(dir: &Path, mode: &PairMode, config: &serde_json::Value) -> Re
     let Some(meta) = read_meta(dir)? else {
         return Ok(None);
     };
-    let mode = serde_json::to_value(mode).map_err(|e| Error::Config(e.to_string()))?;
+    let mode = serde_json::to_value(mode).map_err(|e| Error::json("the pair mode", e))?;
     if meta.config.get("mode") != Some(&mode) || meta.config.get("user") != Some(config) {
         return Err(bad(
             dir,
@@ -226,7 +226,8 @@ impl<'a> Cache<'a> {
                 count: part.len(),
                 checksum: format!("{:016x}", fnv1a64(&bytes)),
             });
-            let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Config(e.to_string()))?;
+            let json = serde_json::to_vec_pretty(&self.meta)
+                .map_err(|e| Error::json("the pair cache's meta.json", e))?;
             write_atomic(dir.join("meta.json"), &json)?;
         }
         pairs.push_batch(part, scored);

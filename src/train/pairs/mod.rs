@@ -5,17 +5,17 @@
 mod cache;
 mod sharded;
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::path::Path;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{score_answers, token_scores, Sampling};
 use crate::checks::{read_f32, read_i64};
 use crate::data::{prompt_tensor, TokenSentence};
 use crate::decode::Codebook;
 use crate::error::{Error, Result};
+use crate::traits::{score_answers, token_scores, Sampling};
 use crate::traits::{ArBackbone, Confidence, PromptContext, RefineInput, RefinerNeeds, TokenGrid};
 pub use cache::load_pairs;
 use cache::Cache;

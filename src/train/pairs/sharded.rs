@@ -1,7 +1,7 @@
 //! Pair generation sharded over several devices: one backbone replica per device, batches handed
 //! out as devices free up, the cache written in prompt order by the calling thread.
 
-use crate::ArBackend;
+use crate::backend::ArBackend;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
