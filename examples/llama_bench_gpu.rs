@@ -4,7 +4,12 @@
 //! cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu
 //! llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3]
 //! llama_bench_gpu --check | --ops | --proj | --profile
+//! llama_bench_gpu --load DIR
 //! ```
+//!
+//! `--load DIR`: loads the checkpoint in `DIR` (config.json + safetensors, f16 on the device) and
+//! prints the files' size, the process's peak resident memory (`VmHWM`) before and after, and the
+//! time (the 7B host-RAM figure in `BENCHMARKS.md`).
 //!
 //! For each shape (LVM's 100M and 7B configurations, random weights, f16 on the CUDA device) and
 //! batch size it times greedy generation with the KV cache, restricted to LVM's image ids
@@ -30,7 +35,42 @@ use half::f16;
 type B = Cuda<f16, i32>;
 
 const USAGE: &str =
-    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops | --proj] [--profile] [--check]";
+    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops | --proj] [--profile] [--check] [--load DIR]";
+
+/// A field of `/proc/self/status` in bytes (`VmHWM`: peak resident set; `VmRSS`: now).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `--load DIR`: peak host memory of loading a checkpoint onto the device.
+fn load(dir: &std::path::Path, device: &burn::tensor::Device<B>) -> AnyResult<()> {
+    let file_bytes: u64 = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    // the CUDA context first, so that its host memory is not counted as the loader's
+    let _ = Tensor::<B, 1>::zeros([1], device);
+    B::sync(device)?;
+    let before = proc_status_bytes("VmHWM").unwrap_or(0);
+    let t = Instant::now();
+    let model = Llama::<B>::from_pretrained(dir, device)?;
+    B::sync(device)?;
+    let secs = t.elapsed().as_secs_f64();
+    let peak = proc_status_bytes("VmHWM").unwrap_or(0);
+    let now = proc_status_bytes("VmRSS").unwrap_or(0);
+    println!(
+        "{{\"load\":\"{}\",\"params\":{},\"file_bytes\":{file_bytes},\"peak_rss_before\":{before},\"peak_rss\":{peak},\"rss_after\":{now},\"peak_over_file\":{:.3},\"seconds\":{secs:.2}}}",
+        dir.display(),
+        model.num_params(),
+        peak as f64 / file_bytes.max(1) as f64
+    );
+    Ok(())
+}
 
 /// `--profile`: one decode step of the model itself, split into its parts: after a prefill of
 /// `prompt` tokens, 48 single-token steps, each timed three ways — `enqueue_ms` (until
@@ -248,7 +288,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> AnyResult<()> {
     let args = Args::parse(USAGE, &["ops", "proj", "profile", "check"])?;
     args.only(&[
-        "shapes", "batches", "prompt", "new", "reps", "ops", "proj", "profile", "check",
+        "shapes", "batches", "prompt", "new", "reps", "ops", "proj", "profile", "check", "load",
     ])?;
     let shapes: String = args.get("shapes", "100m,7b".to_string())?;
     let batches: String = args.get("batches", "1,16".to_string())?;
@@ -256,6 +296,9 @@ fn main() -> AnyResult<()> {
     let n_new: usize = args.get("new", 256)?;
     let reps: usize = args.get("reps", 3)?;
     let device = Default::default();
+    if let Some(dir) = args.path("load") {
+        return load(&dir, &device);
+    }
     if args.has("ops") {
         return ops(&device, reps, false);
     }

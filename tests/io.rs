@@ -248,3 +248,40 @@ fn tasks_take_any_rand_core_generator() {
     let (d, _) = task.pair(&img, &mut Mix::from_seed(5u64.to_le_bytes())).unwrap();
     assert_eq!(c, d);
 }
+
+#[test]
+fn safetensors_tensors_come_back_in_their_stored_type_one_at_a_time() {
+    use ar_refine::io::{save_safetensors, KeyReport, SafetensorsFile, StoreDtype, TensorSource};
+    use burn::tensor::{DType, Tensor};
+
+    let dir = temp_dir("stored_type");
+    let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+    for (store, dtype) in [
+        (StoreDtype::F16, DType::F16),
+        (StoreDtype::BF16, DType::BF16),
+        (StoreDtype::F32, DType::F32),
+    ] {
+        let path = dir.join(format!("{dtype:?}.safetensors"));
+        save_safetensors(&path, &[("w".into(), vec![3, 4], values.clone())], store).unwrap();
+        let file = SafetensorsFile::open(&path).unwrap();
+        let data = file.read_data("w").unwrap();
+        // the stored type, not an f32 copy; 2 bytes per value for the half types
+        assert_eq!(data.dtype, dtype);
+        assert_eq!(data.bytes.len(), 12 * dtype.size());
+        // values exact (all of them are representable in every type)
+        assert_eq!(data.clone().convert::<f32>().to_vec::<f32>().unwrap(), values);
+        assert_eq!(file.read_f32("w").unwrap(), values);
+        let t: Tensor<B, 2> = file.tensor("w", &Default::default()).unwrap();
+        assert_eq!(to_vec(t), values);
+        // a loader checks shapes without reading, then takes tensors in their stored type
+        let mut report = KeyReport::new(&file);
+        assert!(!report.expect("w", &[4, 3]));
+        assert!(report.take_data("w", &[3, 4]).is_some_and(|d| d.dtype == dtype));
+        assert!(report
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("w: checkpoint [3, 4], model [4, 3]"));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

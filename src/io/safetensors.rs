@@ -2,12 +2,15 @@
 //! (`*.safetensors.index.json`) and whole model directories.
 //!
 //! Loading never runs code from the file: the format is a JSON header plus raw little-endian
-//! buffers. f16, bf16, f32 and f64 tensors convert to `f32` on read; the backend then stores them
-//! in its own float type (f32, f16 or bf16).
+//! buffers. Shard files are memory-mapped, not read: opening a checkpoint costs its headers, and
+//! each tensor is copied out of the map when it is asked for, one at a time, in its stored type
+//! ([`TensorSource::read_data`]: f16 and bf16 stay 2 bytes per value until the backend converts
+//! them to its own float type) or as `f32` ([`TensorSource::read_f32`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{DType, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use super::atomic::write_atomic;
@@ -36,7 +39,8 @@ struct Entry {
 /// ```
 pub struct SafetensorsFile {
     origin: PathBuf,
-    buffers: Vec<(PathBuf, Vec<u8>)>,
+    /// Each shard's path and its read-only map (`None` for an empty file).
+    buffers: Vec<(PathBuf, Option<memmap2::Mmap>)>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -106,8 +110,18 @@ impl SafetensorsFile {
         let mut buffers = Vec::with_capacity(files.len());
         let mut entries = BTreeMap::new();
         for (i, file) in files.into_iter().enumerate() {
-            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-            let (header, meta) = SafeTensors::read_metadata(&bytes)
+            let handle = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
+            let len = handle.metadata().map_err(|e| Error::io(&file, e))?.len();
+            // SAFETY: mapped read-only; as with every memory-mapped loader (candle's
+            // `VarBuilder`, burn-store), another process truncating the file while it is open is
+            // not defended against.
+            let map = if len == 0 {
+                None
+            } else {
+                Some(unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| Error::io(&file, e))?)
+            };
+            let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+            let (header, meta) = SafeTensors::read_metadata(bytes)
                 .map_err(|e| checkpoint(&file, format!("not a valid safetensors file: {e}")))?;
             let base = 8 + header;
             for (name, info) in meta.tensors() {
@@ -126,7 +140,7 @@ impl SafetensorsFile {
                     },
                 );
             }
-            buffers.push((file, bytes));
+            buffers.push((file, map));
         }
         Ok(Self {
             origin: origin.to_path_buf(),
@@ -140,16 +154,15 @@ impl SafetensorsFile {
         self.entries.get(key).map(|e| format!("{:?}", e.dtype))
     }
 
-    /// Reads `key` as row-major `f32` values, converting f16/bf16/f64 (also available through
-    /// [`TensorSource`]).
-    pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
+    /// The stored bytes of `key` (in the map), after checking that the type is a float type and
+    /// that the byte count matches the shape.
+    fn raw(&self, key: &str) -> Result<(&Entry, &[u8])> {
         let e = self
             .entries
             .get(key)
             .ok_or_else(|| checkpoint(&self.origin, format!("missing tensor {key}")))?;
-        let (file, bytes) = &self.buffers[e.file];
-        let raw = &bytes[e.start..e.end];
-        let n: usize = e.shape.iter().product();
+        let (file, map) = &self.buffers[e.file];
+        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let width = match e.dtype {
             Dtype::F16 | Dtype::BF16 => 2,
             Dtype::F32 => 4,
@@ -161,12 +174,53 @@ impl SafetensorsFile {
                 ))
             }
         };
-        if raw.len() != n * width {
-            return Err(checkpoint(
+        let n = e.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let raw = bytes.get(e.start..e.end);
+        match (raw, n.and_then(|n| n.checked_mul(width))) {
+            (Some(raw), Some(len)) if raw.len() == len => Ok((e, raw)),
+            _ => Err(checkpoint(
                 file,
                 format!("tensor {key} data has the wrong length"),
-            ));
+            )),
         }
+    }
+
+    /// Drops `e`'s pages from this process's resident set once its bytes are copied out: a
+    /// loader reads every tensor once, so without this a whole checkpoint's pages would stay
+    /// mapped (and counted as the process's memory) until the file is closed.
+    fn release(&self, e: &Entry) {
+        #[cfg(unix)]
+        if let Some(map) = &self.buffers[e.file].1 {
+            // SAFETY: the map is read-only and owned by `self`; no borrow of this range is alive
+            // (callers copied the bytes out first), and a later read of it faults the same bytes
+            // back in from the file. Failure only leaves the pages resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = e;
+    }
+
+    /// Reads `key` in its stored float type: f16, bf16 and f32 as they are stored (copied out
+    /// of the map once), f64 narrowed to f32. Shape `e.shape`.
+    pub fn read_data(&self, key: &str) -> Result<TensorData> {
+        let (e, raw) = self.raw(key)?;
+        let dtype = match e.dtype {
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F32 => DType::F32,
+            _ => return Ok(TensorData::new(self.read_f32(key)?, e.shape.clone())),
+        };
+        let bytes = raw.to_vec();
+        self.release(e);
+        Ok(TensorData::from_bytes_vec(bytes, e.shape.clone(), dtype))
+    }
+
+    /// Reads `key` as row-major `f32` values, converting f16/bf16/f64 (also available through
+    /// [`TensorSource`]).
+    pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
+        let (e, raw) = self.raw(key)?;
         let out = match e.dtype {
             Dtype::F16 => raw
                 .chunks_exact(2)
@@ -185,6 +239,7 @@ impl SafetensorsFile {
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
                 .collect(),
         };
+        self.release(e);
         Ok(out)
     }
 }
@@ -204,6 +259,10 @@ impl TensorSource for SafetensorsFile {
 
     fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
         SafetensorsFile::read_f32(self, key)
+    }
+
+    fn read_data(&self, key: &str) -> Result<TensorData> {
+        SafetensorsFile::read_data(self, key)
     }
 }
 
@@ -251,6 +310,21 @@ impl<'a> KeyReport<'a> {
     /// Marks `key` used and returns its `f32` values when its shape is `shape`; records a
     /// missing key or a mismatch otherwise (and returns `None`).
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        self.take_with(key, shape, |f| f.read_f32(key))
+    }
+
+    /// [`KeyReport::take`] in the stored float type ([`TensorSource::read_data`]): what model
+    /// loaders use, so that an f16 checkpoint reaches an f16 backend without an f32 copy.
+    pub fn take_data(&mut self, key: &str, shape: &[usize]) -> Option<TensorData> {
+        self.take_with(key, shape, |f| f.read_data(key))
+    }
+
+    fn take_with<T>(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        read: impl FnOnce(&dyn TensorSource) -> Result<T>,
+    ) -> Option<T> {
         self.used.insert(key.to_string());
         match self.file.shape(key) {
             None => {
@@ -262,7 +336,7 @@ impl<'a> KeyReport<'a> {
                     .push(format!("{key}: checkpoint {s:?}, model {shape:?}"));
                 None
             }
-            Some(_) => match self.file.read_f32(key) {
+            Some(_) => match read(self.file) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     self.mismatched.push(format!("{key}: {e}"));
@@ -270,6 +344,13 @@ impl<'a> KeyReport<'a> {
                 }
             },
         }
+    }
+
+    /// Marks `key` used and checks its shape without reading it: `true` when present with shape
+    /// `shape`, else the missing key or mismatch is recorded. Loaders check every key this way
+    /// first, then ([`KeyReport::finish`] passed) read one tensor at a time.
+    pub fn expect(&mut self, key: &str, shape: &[usize]) -> bool {
+        self.take_with(key, shape, |_| Ok(())).is_some()
     }
 
     /// Whether `key` is present (without taking it).

@@ -20,6 +20,16 @@ pub trait TensorSource {
     /// `key` as row-major `f32` values (f16/bf16/f64 converted).
     fn read_f32(&self, key: &str) -> Result<Vec<f32>>;
 
+    /// `key` in its stored float type where the format allows (safetensors: f16, bf16, f32), so
+    /// that the backend converts it once, straight to its own float type; `f32` otherwise.
+    fn read_data(&self, key: &str) -> Result<TensorData> {
+        let shape = self.shape(key).ok_or_else(|| Error::Checkpoint {
+            path: self.path().to_path_buf(),
+            reason: format!("missing tensor {key}"),
+        })?;
+        Ok(TensorData::new(self.read_f32(key)?, shape))
+    }
+
     /// Whether `key` is present.
     fn contains(&self, key: &str) -> bool {
         self.shape(key).is_some()
@@ -43,10 +53,7 @@ pub trait TensorSource {
                 ),
             });
         }
-        Ok(Tensor::from_data(
-            TensorData::new(self.read_f32(key)?, shape),
-            device,
-        ))
+        Ok(Tensor::from_data(self.read_data(key)?, device))
     }
 }
 

@@ -167,16 +167,16 @@ impl<B: ArBackend> Llama<B> {
         if config.tie_word_embeddings {
             report.ignore_unused("lm_head.weight");
         }
-        let mut values = Vec::new();
-        for (key, slot, shape) in slots(&config) {
-            if let Some(v) = report.take(&key, &shape) {
-                values.push((slot, shape, v));
-            }
+        // every key and shape checked before anything is read or allocated; then one tensor at a
+        // time from the (mapped) file in its stored type, straight to the device
+        let slots = slots(&config);
+        for (key, _, shape) in &slots {
+            report.expect(key, shape);
         }
         report.finish()?;
         let mut model = Self::new_uninit(config, device);
-        for (slot, shape, v) in values {
-            model.set_slot(slot, &shape, v, device);
+        for (key, slot, _) in slots {
+            model.set_slot(slot, file.read_data(&key)?, device);
         }
         Ok(model)
     }
@@ -226,10 +226,10 @@ impl<B: ArBackend> Llama<B> {
         }
     }
 
-    fn set_slot(&mut self, slot: Slot, hf_shape: &[usize], v: Vec<f32>, device: &B::Device) {
-        let t2 =
-            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [hf_shape[0], hf_shape[1]]), device);
-        let t1 = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [hf_shape[0]]), device);
+    /// Puts `v` (its shape checked by the caller with a [`KeyReport`]) into `slot`.
+    fn set_slot(&mut self, slot: Slot, v: TensorData, device: &B::Device) {
+        let t2 = |v: TensorData| Tensor::<B, 2>::from_data(v, device);
+        let t1 = |v: TensorData| Tensor::<B, 1>::from_data(v, device);
         match slot {
             Slot::Embed => self.embed_tokens = Param::from_tensor(t2(v)),
             Slot::Head => self.lm_head = Some(Param::from_tensor(t2(v))),
