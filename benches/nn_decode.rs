@@ -11,7 +11,7 @@
 //! Shapes (N × K × D): small 4096 × 8192 × 64; with `NN_DECODE_FULL=1` also LVM
 //! 65536 × 8192 × 64, LlamaGen 65536 × 16384 × 8 and Chameleon 65536 × 8192 × 256 (minutes per
 //! sample on a CPU or lavapipe). The H200 table in `BENCHMARKS.md` comes from
-//! `examples/nn_decode_gpu.rs` and `scripts/bench/nn_decode_bench.py`, which also score accuracy.
+//! `benches/gpu/nn_decode.rs` and `scripts/bench/nn_decode_bench.py`, which also score accuracy.
 
 use ar_refine::rng::SplitMix64;
 use ar_refine::ArBackend;

@@ -20,9 +20,6 @@
 //! Models: `--models DIR`, else `$AR_REFINE_MODELS`, else `models/tiny-lvm-v2` of the checkout
 //! (the weights are not in the published crate).
 
-#[path = "common/args.rs"]
-mod args;
-
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -34,29 +31,45 @@ use ar_refine::tasks::task_by_name;
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::train::{generate_pairs, PairMode, PairOptions};
 use ar_refine::{Refiner, Sampling, Tokenizer};
-use args::{AnyResult, Args};
 use burn::backend::NdArray;
+use clap::Parser;
 
 type B = NdArray;
 
-const USAGE: &str =
-    "cargo run --release --example quickstart -- [--images DIR] [--models DIR] [--k 2] [--out DIR]";
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The shipped small LVM and its refiners on real photos: a table per task and a comparison
+/// grid.
+#[derive(Parser)]
+struct Args {
+    /// A folder of photos (any image files, centre-cropped to 64×64) [default: the bundled
+    /// photos in `assets/photos/`].
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// The model folder (`tokenizer/`, `backbone/`, `refiner-*/`) [default:
+    /// `$AR_REFINE_MODELS`, else `models/tiny-lvm-v2` of the checkout].
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Demonstration pairs per prompt.
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// Output folder.
+    #[arg(long, default_value = "target/quickstart")]
+    out: PathBuf,
+}
 const TASKS: [&str; 3] = ["colorization", "inpainting", "edges"];
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&["images", "models", "k", "out"])?;
+    let args = Args::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // --models, else $AR_REFINE_MODELS, else the checkout's models/tiny-lvm-v2 (the published
     // crate does not carry the 21 MB of weights: point either at a checkout's copy)
     let models = args
-        .path("models")
+        .models
+        .clone()
         .or_else(|| std::env::var_os("AR_REFINE_MODELS").map(PathBuf::from))
         .unwrap_or_else(|| root.join("models/tiny-lvm-v2"));
-    let out = args
-        .path("out")
-        .unwrap_or_else(|| PathBuf::from("target/quickstart"));
-    let k: usize = args.get("k", 2)?;
+    let (out, k) = (args.out.clone(), args.k);
     let device = Default::default();
     let start = Instant::now();
     // the command as it was run, for the reports
@@ -69,7 +82,7 @@ fn main() -> AnyResult<()> {
 
     let vq = Vqgan::<B>::load(models.join("tokenizer"), None, &device)?;
     let lm = Llama::<B>::from_pretrained(models.join("backbone"), &device)?;
-    let dir = args.path("images").unwrap_or_else(|| root.join("assets/photos"));
+    let dir = args.images.clone().unwrap_or_else(|| root.join("assets/photos"));
     let photos = ImageSet::from_folder(&dir, vq.image_size().0)?;
     eprintln!(
         "{} photos from {}; tokenizer {} codes, backbone {} parameters",

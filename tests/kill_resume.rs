@@ -1,12 +1,12 @@
-//! Crash consistency (issue [reliability] item 4): the three training examples
-//! (`train_tokenizer` → `train_vqgan`, `pretrain_backbone` → `train_lm`, `train_refiner` →
-//! pair generation and `train_refiner`) are killed with SIGKILL at random points — during
+//! Crash consistency (issue [reliability] item 4): the three training commands of the
+//! `ar-refine` command line (`train-tokenizer` → `train_vqgan`, `pretrain` → `train_lm`,
+//! `train-refiner` → pair generation and `train_refiner`) are killed with SIGKILL at random points — during
 //! start-up, between steps and while a checkpoint is being written — and run again with the same
 //! command until they finish. Each checkpoint left behind must load, the resumed loss curve must
 //! equal an uninterrupted run's to 1e-5, the final weights must agree, and nothing a
 //! killed run left may remain or break the next run.
 //!
-//! Drives the example binaries that `cargo test` builds beside this test
+//! Drives the `ar-refine` example binary that `cargo test` builds beside this test
 //! (`target/<profile>/examples/`). `AR_REFINE_KILL_SEED` repeats a run's kill times (the seed is
 //! printed).
 #![cfg(unix)]
@@ -75,8 +75,9 @@ fn latest(out: &Path) -> Option<(usize, Vec<f64>)> {
 }
 
 fn command(job: &Job, out: &Path, log: &Path) -> Command {
-    let mut c = Command::new(example(job.name));
-    c.args(&job.args)
+    let mut c = Command::new(example("ar-refine"));
+    c.arg(job.name)
+        .args(&job.args)
         .arg("--out")
         .arg(out)
         .stdout(Stdio::null())
@@ -273,7 +274,7 @@ fn training_examples_resume_exactly_after_sigkill() {
     let vq = fixture("vqgan/open_muse/pytorch_model.bin");
     let jobs = [
         Job {
-            name: "train_tokenizer",
+            name: "train-tokenizer",
             // restarts every 3 steps: the dead-code tracker must survive a resume
             args: s(&[
                 "--train-images",
@@ -307,7 +308,7 @@ fn training_examples_resume_exactly_after_sigkill() {
             kills: 8,
         },
         Job {
-            name: "pretrain_backbone",
+            name: "pretrain",
             args: s(&[
                 "--tokenizer",
                 &vq,
@@ -340,7 +341,7 @@ fn training_examples_resume_exactly_after_sigkill() {
             kills: 8,
         },
         Job {
-            name: "train_refiner",
+            name: "train-refiner",
             args: s(&[
                 "--tokenizer",
                 &vq,

@@ -22,8 +22,6 @@
 //! Images: `val.u8` of the Tiny-ImageNet folder given by `--data`, by `AR_REFINE_DATA`, or found
 //! at `../shared/data`; otherwise generated in code.
 
-#[path = "../common/args.rs"]
-mod args;
 mod models;
 
 use std::path::{Path, PathBuf};
@@ -38,20 +36,39 @@ use ar_refine::train::{
 use ar_refine::{
     Codebook, RefinementOutput, Sampling, SelfRefinement, TokenGrid, Tokenizer, TransformerRefiner,
 };
-use args::{AnyResult, Args};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use clap::Parser;
 use models::{PatchTokenizer, TinyCausalLm, SPECIALS};
 
 type B = NdArray;
 type AD = Autodiff<NdArray>;
 
 const SIZE: usize = 32;
-const USAGE: &str =
-    "cargo run --release --example custom_backbone -- [--data DIR] [--steps 200] [--refiner-steps 300] [--out DIR]";
+
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// A custom backbone and tokenizer through the crate's traits, with a refiner trained on its
+/// outputs.
+#[derive(Parser)]
+struct Args {
+    /// The Tiny-ImageNet folder whose `val.u8` to use [default: `$AR_REFINE_DATA`, else
+    /// `../shared/data`, else generated images].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Training steps of the backbone.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Training steps of the refiner.
+    #[arg(long, default_value_t = 300)]
+    refiner_steps: usize,
+    /// Output folder.
+    #[arg(long, default_value = "target/custom_backbone")]
+    out: PathBuf,
+}
 
 /// `count` colour images `[count, 3, 32, 32]`: Tiny-ImageNet photos (64×64, 2×2-averaged) when
 /// available, else smooth synthetic scenes.
@@ -117,20 +134,16 @@ fn accuracy(a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> f32 {
 }
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&["data", "steps", "refiner-steps", "out"])?;
+    let args = Args::parse();
     let data = args
-        .path("data")
+        .data
+        .clone()
         .or_else(|| std::env::var_os("AR_REFINE_DATA").map(PathBuf::from))
         .or_else(|| {
             let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
             shared.join("val.u8").exists().then_some(shared)
         });
-    let steps: usize = args.get("steps", 200)?;
-    let refiner_steps: usize = args.get("refiner-steps", 300)?;
-    let out_dir = args
-        .path("out")
-        .unwrap_or_else(|| PathBuf::from("target/custom_backbone"));
+    let (steps, refiner_steps, out_dir) = (args.steps, args.refiner_steps, args.out);
     let device = Default::default();
     let (n_train, n_eval) = (256, 32);
     let colour = load_images(data.as_deref(), n_train + n_eval, &device);

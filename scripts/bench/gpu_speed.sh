@@ -2,9 +2,10 @@
 # Runs on the GPU machine ([gpu-speed]): LLaMA generation and the per-op table of one 7B decode
 # step for each build of `llama_bench_gpu` in .bin/ (xz-compressed, named by variant:
 # llama_bench_gpu-<variant>.xz), the transformers baseline in the same run, and the VQGAN
-# training step (ours with `train_tokenizer-<variant>.xz`, PyTorch with scripts/bench/torch_vq_step.py).
+# training step (ours with `ar-refine-<variant>.xz train-tokenizer`, PyTorch with scripts/bench/torch_vq_step.py).
 # Build on the CPU machine, e.g. for the default variant:
-#   cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu --example train_tokenizer
+#   FEATURES=cuda,autotune bash scripts/bench/build_gpu.sh llama_bench_gpu default
+#   FEATURES=cuda,autotune bash scripts/bench/build_gpu.sh ar-refine default
 # STAGE: gen (headline variant, full settings, + transformers) | variants (every other variant,
 # shorter runs) | check (decode vs prefill logits on the device, then the per-step profile) |
 # ab (every build in .bin/ side by side: projections alone, then the 7B step's profile; the
@@ -82,11 +83,11 @@ ab)
     ;;
 vq)
     timeout 120 python3 scripts/bench/torch_vq_step.py --batch 64 --codebook 1024 --dim 32 | tee "$out/vq-torch.jsonl"
-    for f in .bin/train_tokenizer-*.xz; do
-        v="${f#.bin/train_tokenizer-}"; v="${v%.xz}"
-        unpack "train_tokenizer-$v"
-        echo "== train_tokenizer ($v)"
-        timeout 200 ".run-bin/train_tokenizer-$v" --train-images 2048 --val-images 64 --codebook 1024 --dim 32 \
+    for f in .bin/ar-refine-*.xz; do
+        v="${f#.bin/ar-refine-}"; v="${v%.xz}"
+        unpack "ar-refine-$v"
+        echo "== ar-refine train-tokenizer ($v)"
+        timeout 200 ".run-bin/ar-refine-$v" train-tokenizer --train-images 2048 --val-images 64 --codebook 1024 --dim 32 \
             --steps 100000 --batch 64 --lr 4e-4 --time-budget "${VQ_SECS:-60}" --log-every 5 --out "/tmp/tok-$v" \
             2>&1 | tail -40 | tee "$out/vq-$v.log"
     done

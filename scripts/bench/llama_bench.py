@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""transformers baseline for examples/llama_bench_gpu.rs (run on the GPU machine).
+"""transformers baseline for benches/gpu/llama.rs (run on the GPU machine).
 
     python3 scripts/bench/llama_bench.py [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3]
 

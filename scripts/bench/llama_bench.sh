@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (see BENCHMARKS.md): LLaMA generation, ar-refine (CUDA, f16) and
 # transformers, same shapes and settings. Expects .bin/llama_bench_gpu built on the CPU machine
-# (cargo build --release --no-default-features --features cuda --example llama_bench_gpu);
+# (bash scripts/bench/build_gpu.sh llama_bench_gpu);
 # writes logs to $OUT (or ./gpu-out). Extra arguments go to both harnesses.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"

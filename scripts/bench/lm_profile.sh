@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue [gpu-speed] item 5): where the backbone's training step goes, ours
-# (examples/lm_profile_gpu.rs, carried as .bin/lm_profile_gpu.xz, and with Burn's tuner as
+# (benches/gpu/lm_profile.rs, carried as .bin/lm_profile_gpu.xz, and with Burn's tuner as
 # .bin/lm_profile_gpu-autotune.xz when present) and PyTorch's operations at the same shapes
 # (scripts/bench/torch_lm_ops.py) plus its whole step (scripts/bench/torch_lm_step.py), in one lease.
 # Build here first:
-#   cargo build --release --no-default-features --features cuda --example lm_profile_gpu
-#   strip -o /tmp/p target/release/examples/lm_profile_gpu && xz -c /tmp/p > .bin/lm_profile_gpu.xz
+#   bash scripts/bench/build_gpu.sh lm_profile_gpu
 set -uo pipefail
 out=${OUT:-/tmp/lm-profile}
 mkdir -p "$out" .run

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU table of BENCHMARKS.md (run on the 2-GPU machine, e.g. the `device` tool's
 # nvidia-h200-x2). Build on the CPU machine first:
-#   cargo build --release --no-default-features --features cuda --example parallel_bench_gpu
+#   bash scripts/bench/build_gpu.sh parallel_bench_gpu
 #   strip and xz the binary into .bin/parallel_bench_gpu.xz; .data/ holds train-jpg/train-000..001.jpg
 #   and val.u8.xz (the shared Tiny-ImageNet subset).
 # Then: OUT=dir bash scripts/bench/parallel_bench.sh   (env: GPUS=2 PROMPTS=1024 BATCH=64 STEPS=200

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of examples/lm_profile_gpu.rs (issue [gpu-speed] item 5): the operations of a
+"""PyTorch side of benches/gpu/lm_profile.rs (issue [gpu-speed] item 5): the operations of a
 backbone training step timed alone at the same shapes, forward + backward, fp32 (TF32 off) and
 bf16, median of --reps runs after two warm-up runs, each ended by torch.cuda.synchronize().
 Prints one JSON line per row: {"what", "ms", "precision"}.

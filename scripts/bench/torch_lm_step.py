@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Baseline for the backbone-training speed of examples/pretrain_backbone.rs (issue [gpu-speed]:
+"""Baseline for the backbone-training speed of `ar-refine pretrain` (issue [gpu-speed]:
 LLaMA training tokens/s against PyTorch): next-token training steps of a transformers
 `LlamaForCausalLM` of the given shape (AdamW, cross-entropy over every token, batches of one
 sequence length each, lengths cycling through --lengths as K = 1, 2, 3 visual sentences of

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of examples/vq_profile_gpu.rs: the VQGAN's layers timed alone at the first
+"""PyTorch side of benches/gpu/vq_profile.rs: the VQGAN's layers timed alone at the first
 level's shape [batch, hidden, size, size], forward and forward + backward, fp32 (TF32 off), the
 median of --reps runs after two warm-up runs, each ended by torch.cuda.synchronize(). Prints one
 JSON line per row, with the same "what" as the Rust example.

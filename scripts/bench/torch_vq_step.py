@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Baseline for the tokenizer-training speed of examples/train_tokenizer.rs: one training step
+"""Baseline for the tokenizer-training speed of `ar-refine train-tokenizer`: one training step
 (forward, VQ losses with straight-through, backward, AdamW) of the same VQGAN structure in
 PyTorch (taming/open-MUSE layout: GroupNorm(32, eps 1e-6) + SiLU + 3x3 conv ResNet blocks,
 stride-2 conv downsampling with (0,1,0,1) padding, nearest x2 + conv upsampling, no attention),

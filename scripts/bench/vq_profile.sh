@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue [gpu-speed] item 5): where the VQGAN training step's time goes,
-# ours (examples/vq_profile_gpu.rs, carried as .bin/vq_profile_gpu.xz) and PyTorch's in the
+# ours (benches/gpu/vq_profile.rs, carried as .bin/vq_profile_gpu.xz) and PyTorch's in the
 # same lease. Build here first:
-#   cargo build --release --no-default-features --features cuda --example vq_profile_gpu
-#   mkdir -p .bin && strip -o /tmp/vqp target/release/examples/vq_profile_gpu && xz -c /tmp/vqp > .bin/vq_profile_gpu.xz
+#   bash scripts/bench/build_gpu.sh vq_profile_gpu
 set -uo pipefail
 out=${OUT:-/tmp/vq-profile}
 mkdir -p "$out" .run

@@ -2,8 +2,8 @@
 # Runs on the GPU machine: step 1 of the small-LVM recipe ([tiny-lvm]), tokenizer training at
 # 64×64 → 16×16 tokens, one JSON line per codebook shape (validation PSNR before and after),
 # preceded by the PyTorch baseline of the same training step (scripts/bench/torch_vq_step.py).
-# Expects .bin/train_tokenizer built on the CPU machine:
-#   cargo build --release --no-default-features --features cuda --example train_tokenizer
+# Expects .bin/ar-refine built on the CPU machine:
+#   cargo build --release --no-default-features --features cuda --example ar-refine
 # and the data subset in .data/ (val.u8 + train-jpg/train-000..005.jpg). Logs go to $OUT.
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
@@ -15,7 +15,7 @@ fi
 for shape in ${SHAPES:-1024x32}; do
     k="${shape%x*}"; d="${shape#*x}"
     echo "== codebook $k × $d, time budget ${budget}s"
-    timeout $((budget + 120)) ./.bin/train_tokenizer --data .data --train-images 6144 --val-images 1000 \
+    timeout $((budget + 120)) ./.bin/ar-refine train-tokenizer --data .data --train-images 6144 --val-images 1000 \
         --codebook "$k" --dim "$d" --steps "$steps" --batch 64 --lr 4e-4 --restart-every 25 \
         --time-budget "$budget" --log-every 25 --out "$out/tok-$k-$d" \
         2> >(tee "$out/tok-$k-$d.log" | tail -25 >&2) | tee -a "$out/tokenizer.jsonl"

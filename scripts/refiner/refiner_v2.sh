@@ -5,8 +5,7 @@
 #   setsid nohup bash scripts/refiner/refiner_v2.sh > runs/pipeline.log 2>&1 &
 # then calls that wait and pack runs/pack/* into $OUT (the machine keeps runs/ while held).
 # Binaries come from the CPU machine, built with
-#   cargo build --release --no-default-features --features cuda \
-#       --example train_refiner --example evaluate --example train_lora
+#   cargo build --release --no-default-features --features cuda --example ar-refine
 # stripped and xz-compressed into .bin/; .data/ holds val.u8.xz and train-jpg/train-038..045.jpg
 # and train-069.jpg. Photos: refiner training prompts from 38912..47104 of the training mosaics
 # (the v2 backbone trained on 0..38912), validation prompts (checkpoint choice, gate
@@ -69,7 +68,7 @@ train_one() {  # $1 = task, $2 = preset, $3 = seed
     local o="runs/$1/$2-s$3"; mkdir -p "$o"
     ln -sfn ../pairs-train "$o/pairs-train"; ln -sfn ../pairs-val "$o/pairs-val"
     local start=$SECONDS
-    "$bin/train_refiner" "${data[@]}" --task "$1" "${pairs_flags[@]}" --preset "$2" --refiner-seed "$3" \
+    "$bin/ar-refine" train-refiner "${data[@]}" --task "$1" "${pairs_flags[@]}" --preset "$2" --refiner-seed "$3" \
         "${size[@]}" "${sched[@]}" --out "$o" > "$o/train.log" 2>&1
     echo "$1 $2 s$3: exit $? in $((SECONDS - start)) s: $(tail -1 "$o/train.log" | python3 -c 'import json,sys
 try:
@@ -88,24 +87,24 @@ eval_task() {  # $1 = task: every method at K = 2, paper and corrector at K = 1,
     # the corrector's other decision rules, on the same models
     [ -n "$cdirs" ] && spec="$spec,corrector-argmax=$cdirs@argmax,corrector-expected=$cdirs@expected_snap"
     # the identity control: the corrector at initialisation, argmax
-    timed "eval $1 K=2" "$r/eval-k2.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 2 --count "$ec" \
+    timed "eval $1 K=2" "$r/eval-k2.log" "$bin/ar-refine" evaluate "${data[@]}" --task "$1" --k 2 --count "$ec" \
         --refiners "identity=init(corrector)@argmax$spec" --gate-curve corrector --out "$r/eval"
     # the Figure 2 analogue: the backbone, the paper's refiner and the best one
     mkdir -p "$r/eval-figure"; ln -sfn ../eval/pairs-k2 "$r/eval-figure/pairs-k2"
-    timed "eval $1 figure" "$r/eval-figure.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 2 --count "$ec" \
+    timed "eval $1 figure" "$r/eval-figure.log" "$bin/ar-refine" evaluate "${data[@]}" --task "$1" --k 2 --count "$ec" \
         --refiners "paper=$pdirs,corrector=$cdirs" --gate-curve corrector --out "$r/eval-figure"
     tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
     [ "${K13:-1}" = 1 ] || return 0
     while [ ! -e runs/k13.done ]; do sleep 2; done
     mkdir -p "$r/eval-k13"; ln -sfn ../eval/pairs-k1 "$r/eval-k13/pairs-k1"; ln -sfn ../eval/pairs-k3 "$r/eval-k13/pairs-k3"
-    timed "eval $1 K=1,3" "$r/eval-k13.log" "$bin/evaluate" "${data[@]}" --task "$1" --k 1,3 --count "$ec13" \
+    timed "eval $1 K=1,3" "$r/eval-k13.log" "$bin/ar-refine" evaluate "${data[@]}" --task "$1" --k 1,3 --count "$ec13" \
         --refiners "paper=$pdirs,corrector=$cdirs" --out "$r/eval-k13"
     # packed after every stage: a call that must return before the device budget ends takes
     # what is there (the 2026-12-01 run lost its K = 1, 3 reports to a pack made only at the end)
     tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r/eval-k13" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
     [ "${LORA:-1}" = 1 ] || return 0
     while [ ! -e "$r/lora.done" ]; do sleep 2; done
-    timed "eval $1 LoRA" "$r/eval-lora-k2.log" "$bin/evaluate" "${data[@]}" --lora "$r/lora/lora" --task "$1" --k 2 --count "$ec" \
+    timed "eval $1 LoRA" "$r/eval-lora-k2.log" "$bin/ar-refine" evaluate "${data[@]}" --lora "$r/lora/lora" --task "$1" --k 2 --count "$ec" \
         --refiners "paper=$pdirs,corrector=$cdirs" --out "$r/eval-lora"
     tar -cf - --exclude='pairs-*' "$r/eval" "$r/eval-figure" "$r/eval-k13" "$r/eval-lora" "$r"/*.log | xz -T2 > "$pack/eval-$1.tar.xz"
 }
@@ -117,9 +116,9 @@ if [ "$stage" = pipeline ]; then
     # 1. pairs, one process at a time
     for t in $tasks; do
         r="runs/$t"; mkdir -p "$r"
-        timed "pairs $t ($tc + validation)" "$r/pairs.log" "$bin/train_refiner" "${data[@]}" --task "$t" "${pairs_flags[@]}" \
+        timed "pairs $t ($tc + validation)" "$r/pairs.log" "$bin/ar-refine" train-refiner "${data[@]}" --task "$t" "${pairs_flags[@]}" \
             --pairs-only --out "$r"
-        timed "eval pairs $t K=2" "$r/eval-pairs-k2.log" "$bin/evaluate" "${data[@]}" --task "$t" --k 2 --count "$ec" --pairs-only \
+        timed "eval pairs $t K=2" "$r/eval-pairs-k2.log" "$bin/ar-refine" evaluate "${data[@]}" --task "$t" --k 2 --count "$ec" --pairs-only \
             --out "$r/eval"
         tar -cf - "$r/pairs-val" "$r/eval/pairs-k2" "$r"/*.log | xz -T4 -6 > "$pack/caches-$t.tar.xz"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader
@@ -128,16 +127,16 @@ if [ "$stage" = pipeline ]; then
     # 2. beside the refiners: K = 1, 3 pairs, then LoRA and its pairs, one process
     (
         [ "${K13:-1}" = 1 ] && for t in $tasks; do
-            timed "eval pairs $t K=1,3" "runs/$t/eval-pairs-k13.log" "$bin/evaluate" "${data[@]}" --task "$t" --k 1,3 --count "$ec13" --pairs-only \
+            timed "eval pairs $t K=1,3" "runs/$t/eval-pairs-k13.log" "$bin/ar-refine" evaluate "${data[@]}" --task "$t" --k 1,3 --count "$ec13" --pairs-only \
                 --out "runs/$t/eval"
         done
         touch runs/k13.done
         [ "${LORA:-1}" = 1 ] || exit 0
         for t in $tasks; do
             r="runs/$t"
-            timed "lora $t" "$r/lora.log" "$bin/train_lora" "${data[@]}" --task "$t" --k 2 --train-count "$tc" \
+            timed "lora $t" "$r/lora.log" "$bin/ar-refine" train-lora "${data[@]}" --task "$t" --k 2 --train-count "$tc" \
                 --steps "${LORA_STEPS:-500}" --batch 16 --lr 1e-3 --out "$r/lora"
-            timed "lora pairs $t" "$r/eval-lora-pairs.log" "$bin/evaluate" "${data[@]}" --lora "$r/lora/lora" --task "$t" --k 2 --count "$ec" \
+            timed "lora pairs $t" "$r/eval-lora-pairs.log" "$bin/ar-refine" evaluate "${data[@]}" --lora "$r/lora/lora" --task "$t" --k 2 --count "$ec" \
                 --pairs-only --out "$r/eval-lora"
             touch "$r/lora.done"
         done

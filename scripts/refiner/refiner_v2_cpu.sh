@@ -4,12 +4,12 @@
 # written to docs/tiny-lvm/results/TASK/{k2,figure,k13,lora}; for when the GPU's own evaluation
 # did not finish. For the v1 models (removed from the tree): git checkout 091d1bb -- models/tiny-lvm
 #   tar -xf refiners-TASK.tar; tar -xJf caches-TASK.tar.xz   (from runs/pack/, in the repository root)
-#   cargo build --release --example evaluate
+#   cargo build --release --example ar-refine
 #   bash scripts/refiner/refiner_v2_cpu.sh
 #   python3 scripts/refiner/refiner_v2_results.py docs/tiny-lvm/results > docs/tiny-lvm/results/tables.md
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bin="${EVALUATE:-${CARGO_TARGET_DIR:-target}/release/examples/evaluate}"
+bin="${AR_REFINE:-${CARGO_TARGET_DIR:-target}/release/examples/ar-refine}"
 m=models/tiny-lvm
 data=(--tokenizer "$m/tokenizer" --backbone "$m/backbone" --data "${DATA:-../shared/data}" --train-images 6144..10240 --select-images 10240..11264)
 ec="${EVAL_COUNT:-256}"
@@ -26,19 +26,19 @@ for t in ${TASKS:-colorization inpainting edges}; do
     c=$(seeds "$t" corrector)
     spec="identity=init(corrector)@argmax${spec},corrector-argmax=$c@argmax,corrector-expected=$c@expected_snap"
     two="paper=$(seeds "$t" paper),corrector=$c"
-    "$bin" "${data[@]}" --task "$t" --k 2 --count "$ec" --refiners "$spec" --gate-curve corrector \
+    "$bin" evaluate "${data[@]}" --task "$t" --k 2 --count "$ec" --refiners "$spec" --gate-curve corrector \
         --out "runs/$t/eval" > "runs/$t/eval-k2.out" 2> "runs/$t/eval-k2.err"
     mkdir -p "$res/$t/k2" && cp "runs/$t/eval/"{report.json,report.md,comparison.png,position_error.svg,gate.svg} "$res/$t/k2/"
     # the Figure 2 analogue: backbone, the paper's refiner and the best one
-    "$bin" "${data[@]}" --task "$t" --k 2 --count "$ec" --refiners "$two" --gate-curve corrector \
+    "$bin" evaluate "${data[@]}" --task "$t" --k 2 --count "$ec" --refiners "$two" --gate-curve corrector \
         --out "runs/$t/eval" > /dev/null 2>&1 && mkdir -p "$res/$t/figure" \
         && cp "runs/$t/eval/"{position_error.svg,gate.svg,comparison.png} "$res/$t/figure/"
     if [ -e "runs/$t/eval/pairs-k1/meta.json" ]; then
-        "$bin" "${data[@]}" --task "$t" --k 1,3 --count "$ec" --refiners "$two" --out "runs/$t/eval" \
+        "$bin" evaluate "${data[@]}" --task "$t" --k 1,3 --count "$ec" --refiners "$two" --out "runs/$t/eval" \
             > "runs/$t/eval-k13.out" 2>&1 && mkdir -p "$res/$t/k13" && cp "runs/$t/eval/report."{json,md} "$res/$t/k13/"
     fi
     if [ -e "runs/$t/lora/lora/adapter_config.json" ] && [ -e "runs/$t/eval-lora/pairs-k2/meta.json" ]; then
-        "$bin" "${data[@]}" --lora "runs/$t/lora/lora" --task "$t" --k 2 --count "$ec" --refiners "$two" \
+        "$bin" evaluate "${data[@]}" --lora "runs/$t/lora/lora" --task "$t" --k 2 --count "$ec" --refiners "$two" \
             --out "runs/$t/eval-lora" > "runs/$t/eval-lora.out" 2>&1 && mkdir -p "$res/$t/lora" \
             && cp "runs/$t/eval-lora/report."{json,md} "runs/$t/eval-lora/comparison.png" "$res/$t/lora/"
     fi

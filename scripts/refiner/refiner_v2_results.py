@@ -5,7 +5,7 @@
 
 Reads, per task, RESULTS/TASK/k2/report.json (every method at K = 2), RESULTS/TASK/k13/report.json
 (paper and best at K = 1, 3) and RESULTS/TASK/lora/report.json (the LoRA backbone alone and with
-the refiners), all written by examples/evaluate.rs on the same cached backbone outputs.
+the refiners), all written by `ar-refine evaluate` on the same cached backbone outputs.
 """
 import json
 import os

@@ -89,13 +89,13 @@ pub fn write_report<B: ArBackend>(
     let curve = |v: &[f64]| v.iter().enumerate().map(|(i, y)| ((i + 1) as f64, *y)).collect();
     let mut series = vec![Series {
         label: "backbone".into(),
-        colour: PALETTE[0].into(),
+        colour: PALETTE[0],
         points: curve(&c.backbone.curve),
     }];
     for (i, m) in c.methods.iter().enumerate() {
         series.push(Series {
             label: m.name.clone(),
-            colour: PALETTE[(i + 1) % PALETTE.len()].into(),
+            colour: PALETTE[(i + 1) % PALETTE.len()],
             points: curve(&m.curve),
         });
     }
@@ -108,7 +108,7 @@ pub fn write_report<B: ArBackend>(
         "token position (raster order)",
         "mean cosine distance to the truth",
         &series,
-    );
+    )?;
     write_atomic(&files.plot, svg.as_bytes())?;
     if let Some(path) = &files.gate_plot {
         let series: Vec<Series> = c
@@ -118,7 +118,7 @@ pub fn write_report<B: ArBackend>(
             .filter(|(_, m)| !m.gate_curve.is_empty())
             .map(|(i, m)| Series {
                 label: m.name.clone(),
-                colour: PALETTE[(i + 1) % PALETTE.len()].into(),
+                colour: PALETTE[(i + 1) % PALETTE.len()],
                 points: m.gate_curve.iter().map(|p| (p.edit_rate, p.accuracy)).collect(),
             })
             .collect();
@@ -131,7 +131,7 @@ pub fn write_report<B: ArBackend>(
             "edit rate (fraction of tokens changed)",
             "token accuracy",
             &series,
-        );
+        )?;
         write_atomic(path, svg.as_bytes())?;
     }
     Ok(files)

@@ -1,6 +1,6 @@
 //! Token files: a table of code ids as text, one row per line, ids separated by whitespace —
-//! what `examples/tokenize.rs --tokens-out` writes (one image's grid, a row per line) and
-//! `examples/generate.rs --prompt-tokens` reads (one prompt per line).
+//! what `ar-refine tokenize --tokens-out` writes (one image's grid, a row per line) and
+//! `ar-refine generate --prompt-tokens` reads (one prompt per line).
 
 use std::path::Path;
 

@@ -90,7 +90,7 @@ pub fn load_refiner<B: ArBackend>(dir: impl AsRef<Path>, device: &B::Device) -> 
         return Err(bad(
             dir,
             "a refiner from ar-refine 0.1 (refiner.json + refiner.mpk, Burn's record format); \
-             this version reads config.json + model.safetensors: retrain it with examples/train_refiner.rs"
+             this version reads config.json + model.safetensors: retrain it with `ar-refine train-refiner`"
                 .into(),
         ));
     }

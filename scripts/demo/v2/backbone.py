@@ -2,7 +2,7 @@
 """PyTorch recipe for the demo LVM's backbone (issue [demo-model-v2] item 2): a LLaMA
 (transformers `LlamaForCausalLM`, the HF layout `ar_refine::backbone::Llama` loads) trained by
 next-token prediction over visual sentences of the three tasks, from the code files that
-`examples/task_tokens.rs` writes.
+`ar-refine task-tokens` writes.
 
     # sentences from OUT/train-{task}.u16, validation from OUT/val-{task}.u16
     python3 scripts/demo/v2/backbone.py train --tokens DIR --hidden 320 --layers 6 \
@@ -16,7 +16,7 @@ x_K, y_K, x_q, y_q]`, each image its 256 codes (the vocabulary is the codebook: 
 `K` is drawn from {1, 2, 3} per batch, the `K + 1` photos without replacement; every
 next-token prediction is scored. Validation: `K = 2` sentences whose photos all come from the
 validation files; cross-entropy and teacher-forced token accuracy on the query's answer image,
-per task (what `examples/pretrain_backbone.rs` reports). bf16 autocast, SDPA attention, AdamW
+per task (what `ar-refine pretrain` reports). bf16 autocast, SDPA attention, AdamW
 beta (0.9, 0.95), weight decay 0.1, clip 1.0, warm-up then cosine to 10 % over `--total-tokens`.
 """
 import argparse

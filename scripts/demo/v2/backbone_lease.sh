@@ -4,8 +4,7 @@
 # checkout holding only scripts/ and models/tiny-lvm-v2/tokenizer, ~10 MB, so that ~50 MB of
 # photos travel per call). Back to back: the machine is given back 30 s after a call ends, and
 # the background jobs (setsid) live on between calls while it is held.
-#   STAGE=first   [.data/bb/a: val.u8 + train-jpg/train-000..015.jpg, .bin/task_tokens.xz,
-#                 .bin/evaluate.xz]: every photo's task codes (crate, CUDA) for the validation
+#   STAGE=first   [.data/bb/a: val.u8 + train-jpg/train-000..015.jpg, .bin/ar-refine.xz]: every photo's task codes (crate, CUDA) for the validation
 #                 photos and part a; then, in the background, the decoder-only fine-tune of the
 #                 tokenizer (DEC_SECONDS) and the scaling run (widths WIDTHS, SCALE_SECONDS each,
 #                 all at once).
@@ -14,7 +13,7 @@
 #                 that fits 16 MiB in f16 and reaches 1.25e9 tokens in MAIN_SECONDS) and starts
 #                 the main run in the background, its cosine over MAIN_SECONDS of wall clock.
 #   STAGE=wait    prints the logs for up to WAIT seconds while the main run trains.
-#   STAGE=finish  waits for both runs, evaluates the new backbone with the crate (examples/evaluate,
+#   STAGE=finish  waits for both runs, evaluates the new backbone with the crate (`ar-refine evaluate`,
 #                 CUDA, K = 2, COUNT validation prompts per task, free-running greedy) and copies
 #                 the exports and one archive of logs to $OUT.
 # The backbone trains on mosaics 000..059 only: 060..069 (photos 61,440..71,679) are kept for the
@@ -32,7 +31,7 @@ unpack() {
 tokens() {  # $1 = part folder under .data/bb; train codes of its mosaics into /tmp/bb/tok/$1
     local s=$SECONDS
     rm -rf "/tmp/bb/stage/$1"
-    .run-bin/task_tokens --tokenizer models/tiny-lvm-v2/tokenizer --mosaics ".data/bb/$1" --split train \
+    .run-bin/ar-refine task-tokens --tokenizer models/tiny-lvm-v2/tokenizer --mosaics ".data/bb/$1" --split train \
         --batch 512 --out "/tmp/bb/stage/$1" 2> "/tmp/bb/tokens-$1.log" \
         && mv "/tmp/bb/stage/$1" "/tmp/bb/tok/$1"
     echo "tokens $1: exit $? in $((SECONDS - s)) s"; tail -3 "/tmp/bb/tokens-$1.log"
@@ -48,7 +47,7 @@ first)
     unpack
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > /tmp/bb/gpu.txt
     s=$SECONDS
-    .run-bin/task_tokens --tokenizer models/tiny-lvm-v2/tokenizer --raw .data/bb/a/val.u8 --split val \
+    .run-bin/ar-refine task-tokens --tokenizer models/tiny-lvm-v2/tokenizer --raw .data/bb/a/val.u8 --split val \
         --batch 512 --out /tmp/bb/stage/val 2> /tmp/bb/tokens-val.log && mv /tmp/bb/stage/val /tmp/bb/tok/val
     echo "tokens val: exit $? in $((SECONDS - s)) s"; tail -3 /tmp/bb/tokens-val.log
     tokens a
@@ -92,7 +91,7 @@ finish)
     [ -e /tmp/dec/export/model.safetensors ] && tok=/tmp/dec/export
     cp $tok/config.json $tok/model.safetensors $m/tokenizer/
     for t in colorization inpainting edges; do
-        AR_REFINE_PAIR_BATCH=128 timeout "${EVAL_TIMEOUT:-100}" .run-bin/evaluate --tokenizer $m/tokenizer \
+        AR_REFINE_PAIR_BATCH=128 timeout "${EVAL_TIMEOUT:-100}" .run-bin/ar-refine evaluate --tokenizer $m/tokenizer \
             --backbone $m/backbone --data .data/bb/a --task $t --k 2 --count "${COUNT:-512}" \
             --refiners 'identity=init(corrector)@argmax' --out /tmp/bb/eval/$t > /tmp/bb/eval-$t.log 2>&1
         echo "evaluate $t: exit $?"; grep -A4 "token acc" /tmp/bb/eval-$t.log | head -6

@@ -3,7 +3,7 @@
 VQGAN, 64x64 RGB -> 16x16 codes, trained on the Tiny-ImageNet-200 training mosaics and written
 in the layout and `config.json` that `ar_refine::tokenizer::Vqgan::load` reads.
 
-Why PyTorch: the crate's own VQGAN step (`examples/train_tokenizer.rs`) is ~3.5x slower than
+Why PyTorch: the crate's own VQGAN step (`ar-refine train-tokenizer`) is ~3.5x slower than
 PyTorch fp32 on an H200 (BENCHMARKS.md, runs 7 and 11), and the GPU comes in 10-minute pieces.
 
     # one run (any number of pieces: it resumes from --ckpt when that file exists)

@@ -1,7 +1,7 @@
 //! GPU benchmark harness for LLaMA generation (the H200 table in `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda,autotune --example llama_bench_gpu
+//! FEATURES=cuda,autotune bash scripts/bench/build_gpu.sh llama_bench_gpu   # .bin/llama_bench_gpu.xz
 //! llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3]
 //! llama_bench_gpu --check | --ops | --proj | --profile
 //! llama_bench_gpu --load DIR
@@ -18,24 +18,56 @@
 //! after a warm-up run. ms/step = (full − prefill) / (new − 1). One JSON object per line.
 //! `scripts/bench/llama_bench.py` times `transformers` `generate` with the same settings.
 
-#[path = "common/args.rs"]
-mod args;
-
 use std::time::Instant;
 
 use ar_refine::backbone::{GenerateOptions, Llama, LlamaConfig};
 use ar_refine::rng::SplitMix64;
 use ar_refine::Sampling;
-use args::{AnyResult, Args};
 use burn::backend::Cuda;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use clap::Parser;
 use half::f16;
 
 type B = Cuda<f16, i32>;
 
-const USAGE: &str =
-    "llama_bench_gpu [--shapes 100m,7b] [--batches 1,16] [--prompt 768] [--new 256] [--reps 3] [--ops | --proj] [--profile] [--check] [--load DIR]";
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// LLaMA generation at LVM's shapes on the GPU (prefill and per-step times), or one of the
+/// modes below.
+#[derive(Parser)]
+struct Args {
+    /// Model shapes: `100m`, `7b`.
+    #[arg(long, value_delimiter = ',', default_value = "100m,7b")]
+    shapes: Vec<String>,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batches: Vec<usize>,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 768)]
+    prompt: usize,
+    /// Generated tokens.
+    #[arg(long, default_value_t = 256)]
+    new: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// The per-operation table of one 7B decode step.
+    #[arg(long)]
+    ops: bool,
+    /// The projections of one 7B decode step alone.
+    #[arg(long)]
+    proj: bool,
+    /// The per-step profile instead of the generation times.
+    #[arg(long)]
+    profile: bool,
+    /// Decode-versus-prefill logits on the device.
+    #[arg(long)]
+    check: bool,
+    /// Peak host memory of loading the checkpoint in DIR onto the device.
+    #[arg(long, value_name = "DIR")]
+    load: Option<std::path::PathBuf>,
+}
 
 /// A field of `/proc/self/status` in bytes (`VmHWM`: peak resident set; `VmRSS`: now).
 fn proc_status_bytes(field: &str) -> Option<u64> {
@@ -286,29 +318,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &["ops", "proj", "profile", "check"])?;
-    args.only(&[
-        "shapes", "batches", "prompt", "new", "reps", "ops", "proj", "profile", "check", "load",
-    ])?;
-    let shapes: String = args.get("shapes", "100m,7b".to_string())?;
-    let batches: String = args.get("batches", "1,16".to_string())?;
-    let prompt_len: usize = args.get("prompt", 768)?;
-    let n_new: usize = args.get("new", 256)?;
-    let reps: usize = args.get("reps", 3)?;
+    let args = Args::parse();
+    let (prompt_len, n_new, reps) = (args.prompt, args.new, args.reps);
     let device = Default::default();
-    if let Some(dir) = args.path("load") {
-        return load(&dir, &device);
+    if let Some(dir) = &args.load {
+        return load(dir, &device);
     }
-    if args.has("ops") {
+    if args.ops {
         return ops(&device, reps, false);
     }
-    if args.has("proj") {
+    if args.proj {
         return ops(&device, reps, true);
     }
-    if args.has("check") {
+    if args.check {
         return check(&device);
     }
-    for shape in shapes.split(',') {
+    for shape in &args.shapes {
+        let shape = shape.as_str();
         let config = match shape {
             "100m" => LlamaConfig::lvm_100m(),
             "7b" => LlamaConfig::lvm_7b(),
@@ -322,9 +348,8 @@ fn main() -> AnyResult<()> {
             "{shape}: {params} parameters, init {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        for b in batches.split(',') {
-            let b: usize = b.parse()?;
-            if args.has("profile") {
+        for &b in &args.batches {
+            if args.profile {
                 profile(&model, shape, b, prompt_len, &device)?;
                 continue;
             }

@@ -5,23 +5,28 @@
 //! `tests/device_watch.rs` does the same on lavapipe in CI.
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example device_check_gpu
-//! target/release/examples/device_check_gpu [--gb 400]
+//! bash scripts/bench/build_gpu.sh device_check_gpu   # .bin/device_check_gpu.xz
+//! .bin/device_check_gpu [--gb 400]
 //! ```
 //!
 //! Prints one JSON line and exits 0 when the failure was caught, 1 when it went unnoticed.
 
-#[path = "common/args.rs"]
-mod args;
-
-use args::{AnyResult, Args};
 use burn::backend::Cuda;
 use burn::tensor::Tensor;
+use clap::Parser;
+
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Asks the GPU for more memory than it has and checks that the failure is caught.
+#[derive(Parser)]
+struct Args {
+    /// Gigabytes of the oversized allocation.
+    #[arg(long, default_value_t = 400.0)]
+    gb: f64,
+}
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse("device_check_gpu [--gb 400]", &[])?;
-    args.only(&["gb"])?;
-    let gb: f64 = args.get("gb", 400.0)?;
+    let gb = Args::parse().gb;
     ar_refine::watch_device_panics();
     let device = Default::default();
     let small = Tensor::<Cuda, 1>::ones([1024], &device).sum().into_scalar();

@@ -1,28 +1,5 @@
-//! Tokenizes every photo's task pairs once, for training a backbone outside the crate (issue
-//! [demo-model-v2]: `scripts/demo/v2/` assembles visual sentences from these files in PyTorch).
-//!
-//! ```text
-//! cargo run --release --example task_tokens -- --tokenizer DIR (--mosaics DIR | --raw FILE) \
-//!     [--split train] [--tasks colorization,inpainting,edges] [--variants 1] [--limit N] \
-//!     [--batch 256] [--seed 0] --out DIR
-//! ```
-//!
-//! - `--mosaics DIR`: every `train-NNN.jpg` mosaic below `DIR` (searched recursively, so the
-//!   parts a GPU call receives one at a time may sit in subfolders), in order of `NNN`; photo
-//!   `g` is tile `g % 1024` of mosaic `g / 1024` (`../shared/data`'s README). `--raw FILE`: a
-//!   raw `uint8 [n, 64, 64, 3]` file such as `val.u8`.
-//! - For each task and photo, `--variants` pairs (each with its own random choices: inpainting
-//!   masks) are built by `ar_refine::tasks` as the crate builds them everywhere else, and both
-//!   images are encoded with the tokenizer (on the GPU with `--features cuda`).
-//!
-//! Writes `OUT/{split}-{task}.u16`, little-endian `u16 [photos · variants, 2, tokens]` (query
-//! codes, then answer codes; pair `p · variants + v` is variant `v` of photo `p`, photos in
-//! mosaic order), and `OUT/{split}-{task}.json` describing it (photo ids, grid, codebook size).
-
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/setup.rs"]
-mod setup;
+//! `ar-refine task-tokens`: every photo's task pairs tokenized once, for training a backbone
+//! outside the crate.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,54 +10,73 @@ use ar_refine::rng::SplitMix64;
 use ar_refine::tasks::task_by_name;
 use ar_refine::tokenizer::Vqgan;
 use ar_refine::Tokenizer;
-use args::{AnyResult, Args};
 use image::RgbImage;
-use setup::B;
 
-const USAGE: &str = "cargo run --release --example task_tokens -- --tokenizer DIR (--mosaics DIR | --raw FILE) [--split train] [--tasks colorization,inpainting,edges] [--variants 1] [--limit N] [--batch 256] [--seed 0] --out DIR";
+use crate::common::{self, AnyResult, B};
+use crate::progress::Progress;
 
-fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&[
-        "tokenizer",
-        "mosaics",
-        "raw",
-        "split",
-        "tasks",
-        "variants",
-        "limit",
-        "batch",
-        "seed",
-        "out",
-    ])?;
-    let device = setup::device();
-    let tokenizer: PathBuf = args.required("tokenizer")?;
-    let vq = Vqgan::<B>::load(&tokenizer, None, &device)?;
+/// The arguments of `ar-refine task-tokens` (its help text is the doc comment of
+/// `Command::TaskTokens` in `main.rs`).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// VQGAN checkpoint (any layout the loader reads).
+    #[arg(long, value_name = "CKPT")]
+    tokenizer: PathBuf,
+    /// Every `train-NNN.jpg` mosaic below DIR (searched recursively), in order of `NNN`; photo
+    /// `g` is tile `g % 1024` of mosaic `g / 1024`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "raw",
+        required_unless_present = "raw"
+    )]
+    mosaics: Option<PathBuf>,
+    /// A raw `uint8 [n, 64, 64, 3]` file such as `val.u8`.
+    #[arg(long, value_name = "FILE")]
+    raw: Option<PathBuf>,
+    /// Name of the split in the output files.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Tasks to tokenize.
+    #[arg(long, value_delimiter = ',', default_value = "colorization,inpainting,edges")]
+    tasks: Vec<String>,
+    /// Pairs per photo and task (each with its own random choices, e.g. inpainting masks).
+    #[arg(long, default_value_t = 1)]
+    variants: usize,
+    /// Only the first N photos [default: all].
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Pairs encoded at once.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Seed of the tasks' random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> AnyResult<()> {
+    let device = common::device();
+    let tokenizer = &args.tokenizer;
+    let vq = Vqgan::<B>::load(tokenizer, None, &device)?;
     let size = vq.config().resolution;
-    let (photos, ids) = match (args.path("mosaics"), args.path("raw")) {
-        (Some(dir), None) => mosaics(&dir)?,
+    let (photos, ids) = match (&args.mosaics, &args.raw) {
+        (Some(dir), _) => mosaics(dir)?,
         (None, Some(file)) => {
-            let set = ImageSet::from_raw_u8(&file, size)?;
+            let set = ImageSet::from_raw_u8(file, size)?;
             let ids = (0..set.len()).collect();
             (set, ids)
         }
-        _ => return Err(format!("give one of --mosaics DIR and --raw FILE\n{USAGE}").into()),
+        (None, None) => return Err("give one of --mosaics DIR and --raw FILE".into()),
     };
-    let limit: usize = args.get("limit", photos.len())?;
-    let n = limit.min(photos.len());
-    let split: String = args.get("split", "train".to_string())?;
-    let variants: usize = args.get("variants", 1)?;
-    let batch: usize = args.get("batch", 256)?;
-    let seed: u64 = args.get("seed", 0)?;
-    let out: PathBuf = args.required("out")?;
-    std::fs::create_dir_all(&out)?;
+    let n = args.limit.unwrap_or(photos.len()).min(photos.len());
+    let (split, variants, batch, seed) = (&args.split, args.variants, args.batch.max(1), args.seed);
+    let out = common::out_dir(&args.out)?;
     let tokens = vq.grid().rows * vq.grid().cols;
     eprintln!("{n} photos, {variants} variant(s) each, {tokens} codes per image");
-    for (t, name) in args
-        .list::<String>("tasks", "colorization,inpainting,edges")?
-        .iter()
-        .enumerate()
-    {
+    for (t, name) in args.tasks.iter().enumerate() {
         let task = task_by_name(name)?;
         let start = Instant::now();
         // one generator per task, so a task's pairs do not depend on the others asked for
@@ -89,6 +85,7 @@ fn main() -> AnyResult<()> {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let mut pending: Vec<RgbImage> = Vec::with_capacity(2 * batch);
         let mut written = 0usize;
+        let bar = Progress::new(name, n, "photos", 1);
         for p in 0..n {
             let px = photos.pixels(p).ok_or("photo missing")?;
             let image = RgbImage::from_raw(size as u32, size as u32, px.to_vec()).ok_or("bad photo")?;
@@ -100,9 +97,11 @@ fn main() -> AnyResult<()> {
             if pending.len() >= 2 * batch || p + 1 == n {
                 written += encode(&vq, &pending, size, &device, &mut file)?;
                 pending.clear();
+                bar.set(p + 1, n, String::new, || format!("{name}: {}/{n} photos", p + 1));
             }
         }
         file.flush()?;
+        bar.finish();
         let meta = serde_json::json!({
             "task": task.name(),
             "split": split,
@@ -115,6 +114,7 @@ fn main() -> AnyResult<()> {
             "photo_ids": &ids[..n],
             "seed": seed,
             "tokenizer": tokenizer.display().to_string(),
+            "command": common::command_line(),
         });
         std::fs::write(
             out.join(format!("{split}-{}.json", task.name())),

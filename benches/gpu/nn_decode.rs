@@ -1,7 +1,7 @@
 //! GPU benchmark harness for nearest-code decoding (the H200 numbers in `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example nn_decode_gpu
+//! bash scripts/bench/build_gpu.sh nn_decode_gpu   # .bin/nn_decode_gpu.xz
 //! nn_decode_gpu DIR [REPS]
 //! ```
 //!
@@ -71,13 +71,19 @@ fn time_tilings<T: Copy>(
     write_ids(ids_path, search(None));
 }
 
+/// Times the nearest-code search on the GPU at real codebook shapes and writes its inputs and
+/// ids for the PyTorch comparison.
+#[derive(clap::Parser)]
+struct Args {
+    /// Folder for the inputs and the ids.
+    dir: std::path::PathBuf,
+    /// Timed repetitions (the median is reported).
+    #[arg(default_value_t = 20)]
+    reps: usize,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let dir = std::path::PathBuf::from(args.next().expect("usage: nn_decode_gpu DIR [REPS]"));
-    let reps: usize = args
-        .next()
-        .map(|r| r.parse().expect("REPS is a number"))
-        .unwrap_or(20);
+    let Args { dir, reps } = <Args as clap::Parser>::parse();
     std::fs::create_dir_all(&dir).unwrap();
     let device = Default::default();
     let shapes = [

@@ -2,9 +2,9 @@
 //! one process, on the same prompts (the multi-GPU table in `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example parallel_bench_gpu
+//! bash scripts/bench/build_gpu.sh parallel_bench_gpu   # .bin/parallel_bench_gpu.xz
 //! parallel_bench_gpu --tokenizer models/tiny-lvm-v2/tokenizer --backbone models/tiny-lvm-v2/backbone \
-//!     [--data DIR] [--task colorization] [--k 2] [--prompts 1024] [--batch 64] [--val 128] \
+//!     [--data DIR] [--task colorization] [--k 1] [--prompts 1024] [--batch 64] [--val 128] \
 //!     [--refiners 128x4,512x8] [--steps 200] [--train-batch 64,256] [--gpus 2] [--out DIR]
 //! ```
 //!
@@ -23,10 +23,13 @@
 //! throughput_n / (n · throughput of one GPU at batch / n). Writes `OUT/parallel.json` and prints
 //! a Markdown table.
 
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/setup.rs"]
-mod setup;
+// the command line's models and photos (examples/ar-refine/)
+#[allow(dead_code)]
+#[path = "../../examples/ar-refine/common.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "../../examples/ar-refine/progress.rs"]
+mod progress;
 
 use std::time::Instant;
 
@@ -35,15 +38,49 @@ use ar_refine::train::{
     RefinerTrainConfig,
 };
 use ar_refine::{Codebook, Sampling, Tokenizer, TransformerRefinerConfig};
-use args::{AnyResult, Args};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use setup::B;
+use clap::Parser;
+use common::B;
+use common::{AnyResult, DataArgs, ModelArgs, TaskArgs};
 
-const USAGE: &str = "parallel_bench_gpu --tokenizer CKPT --backbone DIR [--data DIR] [--train-images N] [--task colorization] [--k 2] [--prompts 1024] [--batch 64] [--val 128] [--refiners 128x4,512x8] [--steps 200] [--train-batch 64,256] [--gpus 2] [--out DIR]";
+/// Pair generation and refiner training on one GPU and on several, side by side.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    models: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Prompts generated.
+    #[arg(long, default_value_t = 1024)]
+    prompts: usize,
+    /// Prompts generated at once per device.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Validation prompts.
+    #[arg(long, default_value_t = 128)]
+    val: usize,
+    /// Refiner shapes, `DxL` (width x layers).
+    #[arg(long, value_delimiter = ',', default_value = "128x4,512x8")]
+    refiners: Vec<String>,
+    /// Training steps per run.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Global batch sizes of the training runs.
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    train_batch: Vec<usize>,
+    /// GPUs (ordinals 0..N).
+    #[arg(long, default_value_t = 2)]
+    gpus: usize,
+    /// Output folder.
+    #[arg(long, default_value = "target/parallel-bench")]
+    out: std::path::PathBuf,
+}
 
 fn sync_all(devices: &[CudaDevice]) -> AnyResult<()> {
     for d in devices {
@@ -53,45 +90,26 @@ fn sync_all(devices: &[CudaDevice]) -> AnyResult<()> {
 }
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&[
-        "tokenizer",
-        "backbone",
-        "data",
-        "train-images",
-        "task",
-        "k",
-        "prompts",
-        "batch",
-        "val",
-        "refiners",
-        "steps",
-        "train-batch",
-        "gpus",
-        "out",
-    ])?;
-    let out = setup::out_dir(&args, "target/parallel-bench")?;
-    let gpus: usize = args.get("gpus", 2)?;
+    let args = Args::parse();
+    let out = common::out_dir(&args.out)?;
+    let gpus = args.gpus.max(1);
     let devices: Vec<CudaDevice> = (0..gpus).map(CudaDevice::new).collect();
-    let (vq, lm) = setup::models(&args)?;
-    let setup::Images {
+    let (vq, lm) = args.models.load()?;
+    let common::Images {
         train: train_imgs,
         val: val_imgs,
         ..
-    } = setup::images(&args)?;
-    let task: String = args.get("task", "colorization".to_string())?;
-    let k: usize = args.get("k", 2)?;
-    let prompts: usize = args.get("prompts", 1024)?;
-    let batch: usize = args.get("batch", 64)?;
-    let (_, tokens) = setup::sentences(&vq, &train_imgs, &task, k, prompts, 1)?;
-    let (_, val_tokens) = setup::sentences(&vq, &val_imgs, &task, k, args.get("val", 128)?, 2)?;
+    } = args.data.images()?;
+    let (task, k, prompts, batch) = (&args.task.task, args.task.k, args.prompts, args.batch);
+    let (_, tokens) = common::sentences(&vq, &train_imgs, task, k, prompts, 1)?;
+    let (_, val_tokens) = common::sentences(&vq, &val_imgs, task, k, args.val, 2)?;
     let opts = PairOptions {
         mode: PairMode::FreeRunning(Sampling::greedy()),
         batch,
         cache: None,
         config: serde_json::json!({}),
     };
-    let load = |d: &CudaDevice| setup::backbone(&args, d);
+    let load = |d: &CudaDevice| args.models.backbone(d);
 
     // 1. pair generation
     eprintln!("warm-up: one batch per device");
@@ -126,10 +144,10 @@ fn main() -> AnyResult<()> {
     eprintln!("generation: {gen}");
 
     // 2. refiner training
-    let steps: usize = args.get("steps", 200)?;
+    let steps = args.steps;
     let book = Codebook::<Autodiff<B>>::new(Tensor::from_inner(vq.codebook().codes().clone()), vq.metric())?;
     let mut trains = Vec::new();
-    for spec in args.list::<String>("refiners", "128x4,512x8")? {
+    for spec in &args.refiners {
         let (d, l) = spec
             .split_once('x')
             .ok_or_else(|| format!("--refiners takes DxL entries, got {spec}"))?;
@@ -142,7 +160,7 @@ fn main() -> AnyResult<()> {
         // materialised: every run starts from these weights (a lazy parameter's clones would
         // each run their own initialiser)
         let init = rcfg.init::<Autodiff<B>>(&devices[0])?.fork(&devices[0]);
-        for train_batch in args.list::<usize>("train-batch", "64,256")? {
+        for &train_batch in &args.train_batch {
             let mut cfg = RefinerTrainConfig::new(steps, train_batch, 3e-4);
             cfg.validate_every = steps;
             // one GPU with one replica's share of the batch: what each GPU computes

@@ -3,8 +3,8 @@
 //! alone at the step's shapes, forward + backward.
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example lm_profile_gpu
-//! target/release/examples/lm_profile_gpu [--batch 16] [--len 1536] [--hidden 256] [--intermediate 704]
+//! bash scripts/bench/build_gpu.sh lm_profile_gpu   # .bin/lm_profile_gpu.xz
+//! .bin/lm_profile_gpu [--batch 16] [--len 1536] [--hidden 256] [--intermediate 704]
 //!     [--layers 6] [--heads 4] [--vocab 1024] [--reps 10]
 //! ```
 //!
@@ -13,16 +13,12 @@
 //! The defaults are the v1 demo backbone's shape (`scripts/bench/configs/tiny-lvm-v1-backbone.json`) at K = 2;
 //! `scripts/bench/torch_lm_step.py` times the same step in PyTorch.
 
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/timing.rs"]
 mod timing;
 
 use ar_refine::backbone::{linear_t, lm_loss, Llama, LlamaConfig};
 use ar_refine::train::clip_grad_norm;
 use ar_refine::train::FusedAdamW;
 use ar_refine::ArBackend;
-use args::{AnyResult, Args};
 use burn::backend::{Autodiff, Cuda};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -35,30 +31,48 @@ use timing::{row, time};
 type B = Cuda;
 type A = Autodiff<Cuda>;
 
-const USAGE: &str = "lm_profile_gpu [--batch 16] [--len 1536] [--hidden 256] [--intermediate 704] [--layers 6] [--heads 4] [--vocab 1024] [--reps 10]";
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The phases of one LLaMA training step and the operations they are made of, timed.
+#[derive(clap::Parser)]
+struct Args {
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 1536)]
+    len: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// MLP size.
+    #[arg(long, default_value_t = 704)]
+    intermediate: usize,
+    /// Transformer layers.
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 1024)]
+    vocab: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+}
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &[])?;
-    args.only(&[
-        "batch",
-        "len",
-        "hidden",
-        "intermediate",
-        "layers",
-        "heads",
-        "vocab",
-        "reps",
-    ])?;
-    let get = |k: &str, d: usize| args.get(k, d);
+    let a = <Args as clap::Parser>::parse();
     let (b, n, d, inter, layers, heads, vocab, reps) = (
-        get("batch", 16)?,
-        get("len", 1536)?,
-        get("hidden", 256)?,
-        get("intermediate", 704)?,
-        get("layers", 6)?,
-        get("heads", 4)?,
-        get("vocab", 1024)?,
-        get("reps", 10)?,
+        a.batch,
+        a.len,
+        a.hidden,
+        a.intermediate,
+        a.layers,
+        a.heads,
+        a.vocab,
+        a.reps,
     );
     ar_refine::watch_device_panics();
     let device = Default::default();

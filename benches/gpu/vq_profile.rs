@@ -1,11 +1,11 @@
 //! Where the VQGAN training step's time goes on a CUDA GPU (issue [gpu-speed] item 5): the
-//! step of `examples/train_tokenizer.rs` split into its phases, and the layers it is made of
+//! step of `ar-refine train-tokenizer` split into its phases, and the layers it is made of
 //! timed alone at the largest activation shape, forward and forward + backward. Convolutions
 //! take the path `--conv` selects (`ar_refine::tokenizer::apply_conv`).
 //!
 //! ```text
-//! cargo build --release --no-default-features --features cuda --example vq_profile_gpu
-//! target/release/examples/vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend]
+//! bash scripts/bench/build_gpu.sh vq_profile_gpu   # .bin/vq_profile_gpu.xz
+//! .bin/vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend]
 //! ```
 //!
 //! Every time is the median of `--reps` runs after two warm-up runs, each run ended by a device
@@ -13,9 +13,6 @@
 //! The network is the small-LVM tokenizer (`channel_mult [1, 2, 2]`, 2 ResNet blocks per level,
 //! codebook 1024 × 32); `scripts/bench/torch_vq_step.py` times the same step in PyTorch.
 
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/timing.rs"]
 mod timing;
 
 use ar_refine::decode::{nearest_codes, Metric};
@@ -24,7 +21,6 @@ use ar_refine::tokenizer::{
 };
 use ar_refine::train::FusedAdamW;
 use ar_refine::ArBackend;
-use args::{AnyResult, Args};
 use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use burn::nn::conv::Conv2dConfig;
@@ -36,22 +32,40 @@ use timing::{row, time};
 type B = Cuda;
 type A = Autodiff<Cuda>;
 
-const USAGE: &str =
-    "vq_profile_gpu [--batch 64] [--size 64] [--hidden 64] [--reps 10] [--conv gemm|backend] [--layers-only] [--pieces]";
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// One VQGAN training step split into its phases, and the layers it is made of, timed.
+#[derive(clap::Parser)]
+struct Args {
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Channels of the first level.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// How convolutions run: `gemm` (im2col + matmul) or `backend` (Burn's conv2d).
+    #[arg(long, default_value = "gemm", value_parser = ["gemm", "backend"])]
+    conv: String,
+    /// Only the layers, not the whole step.
+    #[arg(long)]
+    layers_only: bool,
+    /// Also the pieces of a layer.
+    #[arg(long)]
+    pieces: bool,
+}
 
 fn main() -> AnyResult<()> {
-    let args = Args::parse(USAGE, &["layers-only", "pieces"])?;
-    args.only(&["batch", "size", "hidden", "reps", "conv", "layers-only", "pieces"])?;
-    let (batch, size, hidden, reps): (usize, usize, usize, usize) = (
-        args.get("batch", 64)?,
-        args.get("size", 64)?,
-        args.get("hidden", 64)?,
-        args.get("reps", 10)?,
-    );
-    set_conv_path(match args.get("conv", "gemm".to_string())?.as_str() {
-        "gemm" => ConvPath::Gemm,
+    let args = <Args as clap::Parser>::parse();
+    let (batch, size, hidden, reps) = (args.batch, args.size, args.hidden, args.reps);
+    set_conv_path(match args.conv.as_str() {
         "backend" => ConvPath::Backend,
-        other => return Err(format!("--conv must be backend or gemm, got {other}").into()),
+        _ => ConvPath::Gemm,
     });
     ar_refine::watch_device_panics();
     let device = Default::default();
@@ -79,12 +93,12 @@ fn main() -> AnyResult<()> {
     let mut model = vq.into_model();
     let images = Tensor::<A, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
 
-    if args.has("pieces") {
+    if args.pieces {
         pieces(batch, size, hidden, &device, reps);
         return Ok(());
     }
     layers(batch, size, hidden, &device, reps);
-    if !args.has("layers-only") {
+    if !args.layers_only {
         phases(&mut model, &images, &device, reps);
     }
     Ok(())
