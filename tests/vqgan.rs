@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use ar_refine::data::ImageSet;
 use ar_refine::io::{SafetensorsFile, StoreDtype, TensorSource};
-use ar_refine::tokenizer::{reconstruction_psnr, Layout, PixelRange, Vqgan, VqganConfig};
+use ar_refine::tokenizer::{reconstruction_psnr, ConvPath, Layout, PixelRange, Vqgan, VqganConfig};
 use ar_refine::{Error, Tokenizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::to_vec;
@@ -204,11 +204,36 @@ fn chunked_batches_equal_one_pass<B: ArBackend>(device: &B::Device) {
     assert_eq!(whole, parts);
 }
 
+/// The convolution path is a setting of each tokenizer (no process-wide switch): two copies of
+/// one model, one per path, encode alike and each keeps its own path.
+fn conv_paths_agree_per_tokenizer<B: ArBackend>(device: &B::Device) {
+    let gemm = Vqgan::<B>::load(fixtures().join("diffusers_attn"), None, device).unwrap();
+    let backend = gemm.clone().with_conv_path(ConvPath::Backend);
+    assert_eq!(
+        (gemm.conv_path(), backend.conv_path()),
+        (ConvPath::Gemm, ConvPath::Backend)
+    );
+    let side = gemm.image_size().0;
+    let images = Tensor::<B, 4>::random(
+        [2, 3, side, side],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        device,
+    );
+    let a = to_vec(gemm.encode_latents(images.clone()).unwrap());
+    let b = to_vec(backend.encode_latents(images).unwrap());
+    let rel = max_diff(&a, &b) / max_abs(&a);
+    assert!(
+        rel <= 1e-4,
+        "latents differ between the paths: relative error {rel}"
+    );
+}
+
 backend_tests!(
     matches_pytorch_reference,
     layouts_round_trip,
     bad_inputs_are_typed_errors,
     chunked_batches_equal_one_pass,
+    conv_paths_agree_per_tokenizer,
 );
 
 /// The demo v2 tokenizer (`models/tiny-lvm-v2/tokenizer`, written by

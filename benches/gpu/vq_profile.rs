@@ -17,7 +17,7 @@ mod timing;
 
 use ar_refine::decode::{nearest_codes, Metric};
 use ar_refine::tokenizer::{
-    apply_conv, apply_conv_padded, set_conv_path, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
+    apply_conv, apply_conv_padded, vq_losses, ConvPath, PixelRange, Recon, Vqgan, VqganConfig,
 };
 use ar_refine::train::FusedAdamW;
 use ar_refine::ArBackend;
@@ -63,10 +63,10 @@ struct Args {
 fn main() -> AnyResult<()> {
     let args = <Args as clap::Parser>::parse();
     let (batch, size, hidden, reps) = (args.batch, args.size, args.hidden, args.reps);
-    set_conv_path(match args.conv.as_str() {
+    let path = match args.conv.as_str() {
         "backend" => ConvPath::Backend,
         _ => ConvPath::Gemm,
-    });
+    };
     ar_refine::watch_device_panics();
     let device = Default::default();
     let config = VqganConfig {
@@ -85,7 +85,7 @@ fn main() -> AnyResult<()> {
         commitment_cost: 0.25,
         pixel_range: PixelRange::ZeroOne,
     };
-    let vq = Vqgan::<A>::new(config.clone(), &device)?;
+    let vq = Vqgan::<A>::new(config.clone(), &device)?.with_conv_path(path);
     eprintln!(
         "VQGAN {} parameters, batch {batch} of {size}×{size}",
         vq.num_params()
@@ -97,7 +97,7 @@ fn main() -> AnyResult<()> {
         pieces(batch, size, hidden, &device, reps);
         return Ok(());
     }
-    layers(batch, size, hidden, &device, reps);
+    layers(path, batch, size, hidden, &device, reps);
     if !args.layers_only {
         phases(&mut model, &images, &device, reps);
     }
@@ -418,7 +418,14 @@ fn pieces(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
 }
 
 /// The layers alone, at the first level's shape `[batch, hidden, size, size]`.
-fn layers(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Device<B>, reps: usize) {
+fn layers(
+    path: ConvPath,
+    batch: usize,
+    size: usize,
+    hidden: usize,
+    device: &burn::tensor::Device<B>,
+    reps: usize,
+) {
     let x = Tensor::<A, 4>::random(
         [batch, hidden, size, size],
         Distribution::Normal(0.0, 1.0),
@@ -434,14 +441,14 @@ fn layers(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
     row(
         "conv 3x3 forward",
         time(device, reps, || {
-            let _ = apply_conv(&conv_plain, xp.clone());
+            let _ = apply_conv(path, &conv_plain, xp.clone());
         }),
         Some(gflop),
     );
     row(
         "conv 3x3 forward + backward (input and weight gradients)",
         time(device, reps, || {
-            let _ = apply_conv(&conv, x.clone()).sum().backward();
+            let _ = apply_conv(path, &conv, x.clone()).sum().backward();
         }),
         Some(3.0 * gflop),
     );
@@ -451,7 +458,9 @@ fn layers(batch: usize, size: usize, hidden: usize, device: &burn::tensor::Devic
     row(
         "conv 3x3 stride 2 forward + backward",
         time(device, reps, || {
-            let _ = apply_conv_padded(&down, x.clone(), [0, 1, 0, 1]).sum().backward();
+            let _ = apply_conv_padded(path, &down, x.clone(), [0, 1, 0, 1])
+                .sum()
+                .backward();
         }),
         Some(3.0 * gflop / 4.0),
     );

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ar_refine::io::StoreDtype;
 use ar_refine::tokenizer::{
-    reconstruction_psnr, set_conv_path, train_vqgan, valid, ConvPath, Layout, PixelRange, Recon,
-    VqTrainConfig, Vqgan, VqganConfig,
+    reconstruction_psnr, train_vqgan, valid, ConvPath, Layout, PixelRange, Recon, VqTrainConfig, Vqgan,
+    VqganConfig,
 };
 use ar_refine::train::TimeBudget;
 use ar_refine::Tokenizer;
@@ -124,7 +124,11 @@ pub fn run(args: Args) -> AnyResult<()> {
     // the initial weights come from the backend's generator: seeded, a rerun (or a run killed
     // before its first checkpoint) starts from the same model
     <Autodiff<B> as Backend>::seed(&device, args.seed);
-    let vq = Vqgan::<Autodiff<B>>::new(config.clone(), &device)?;
+    let path = match args.conv {
+        ConvArg::Gemm => ConvPath::Gemm,
+        ConvArg::Backend => ConvPath::Backend,
+    };
+    let vq = Vqgan::<Autodiff<B>>::new(config.clone(), &device)?.with_conv_path(path);
     eprintln!(
         "tokenizer: {} parameters, {}×{} tokens per image, codebook {} × {}",
         vq.num_params(),
@@ -145,10 +149,6 @@ pub fn run(args: Args) -> AnyResult<()> {
     if let Some(secs) = args.time_budget {
         cfg.time_budget = Some(TimeBudget::new(Duration::from_secs_f64(secs)));
     }
-    set_conv_path(match args.conv {
-        ConvArg::Gemm => ConvPath::Gemm,
-        ConvArg::Backend => ConvPath::Backend,
-    });
     let mut used_sum = 0usize;
     let mut restarted = 0usize;
     let mut train_secs = 0.0;

@@ -66,7 +66,7 @@ pub(crate) fn line_plot_svg(title: &str, x_label: &str, y_label: &str, series: &
             .margin(12)
             .margin_right(36)
             .x_label_area_size(40)
-            .y_label_area_size(64)
+            .y_label_area_size(84)
             .build_cartesian_2d(xs, ys)
             .map_err(|e| failed(&e))?;
         chart

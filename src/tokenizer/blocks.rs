@@ -8,7 +8,6 @@ use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// `silu(norm(x))` for `x [n, c, h, w]`: the fused kernels where the backend has them
 /// ([`ArBackend`]: the CubeCL backends and their `Autodiff` wrappers, for an affine GroupNorm),
@@ -49,7 +48,8 @@ pub(crate) fn conv<B: ArBackend>(
         .init(device)
 }
 
-/// How the tokenizer runs its convolutions ([`set_conv_path`]).
+/// How a tokenizer runs its convolutions ([`Vqgan::with_conv_path`](super::Vqgan::with_conv_path));
+/// both paths compute the same function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
     /// The backend's `conv2d`.
@@ -64,61 +64,28 @@ pub enum ConvPath {
     Gemm,
 }
 
-static CONV_PATH: AtomicU8 = AtomicU8::new(0);
-
-/// Chooses how every VQGAN in this process runs its convolutions (for speed comparisons);
-/// both paths compute the same function. The default is [`ConvPath::Gemm`].
-///
-/// ```
-/// use ar_refine::tokenizer::{conv_path, set_conv_path, ConvPath};
-/// assert_eq!(conv_path(), ConvPath::Gemm);
-/// set_conv_path(ConvPath::Backend);
-/// assert_eq!(conv_path(), ConvPath::Backend);
-/// set_conv_path(ConvPath::Gemm);
-/// ```
-pub fn set_conv_path(path: ConvPath) {
-    let v = match path {
-        ConvPath::Gemm => 0,
-        ConvPath::Backend => 1,
-    };
-    CONV_PATH.store(v, Ordering::Relaxed);
-}
-
-/// The current [`ConvPath`].
-pub fn conv_path() -> ConvPath {
-    match CONV_PATH.load(Ordering::Relaxed) {
-        1 => ConvPath::Backend,
-        _ => ConvPath::Gemm,
-    }
-}
-
 /// Applies `conv` (square kernel, any stride, symmetric explicit padding or none, no dilation
-/// or groups: the convolutions a VQGAN is made of) to `x` `[b, c_in, h, w]` on the path
-/// [`conv_path`] selects; returns `[b, c_out, h', w']`.
-pub fn apply_conv<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if conv_path() == ConvPath::Backend {
+/// or groups: the convolutions a VQGAN is made of) to `x` `[b, c_in, h, w]` on `path`; returns
+/// `[b, c_out, h', w']`.
+pub fn apply_conv<B: ArBackend>(path: ConvPath, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if path == ConvPath::Backend {
         return conv.forward(x);
     }
     let pad = match conv.padding {
         PaddingConfig2d::Explicit(p, ..) => p,
         _ => 0,
     };
-    apply_conv_padded(conv, x, [pad; 4])
+    apply_conv_padded(path, conv, x, [pad; 4])
 }
 
 /// `conv` (whose own padding is ignored; square kernel, no dilation or groups, as for
 /// [`apply_conv`]) applied to `x` `[b, c_in, h, w]` zero-padded by `pads` =
-/// `[left, right, top, bottom]` pixels, on the path [`conv_path`] selects; returns
-/// `[b, c_out, h', w']`. The VQGAN's downsampling convolution pads `[0, 1, 0, 1]`.
+/// `[left, right, top, bottom]` pixels, on `path`; returns `[b, c_out, h', w']`. The VQGAN's
+/// downsampling convolution pads `[0, 1, 0, 1]`.
 ///
 /// # Panics
 /// If the padded input is smaller than the kernel.
-pub fn apply_conv_padded<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pads: [usize; 4]) -> Tensor<B, 4> {
-    conv_padded_on(conv_path(), conv, x, pads)
-}
-
-/// [`apply_conv_padded`] on the given path.
-fn conv_padded_on<B: ArBackend>(
+pub fn apply_conv_padded<B: ArBackend>(
     path: ConvPath,
     conv: &Conv2d<B>,
     x: Tensor<B, 4>,
@@ -275,11 +242,11 @@ impl<B: ArBackend> ResnetBlock<B> {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = apply_conv(&self.conv1, norm_silu(&self.norm1, x.clone()));
-        let h = apply_conv(&self.conv2, norm_silu(&self.norm2, h));
+    pub(crate) fn forward(&self, path: ConvPath, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = apply_conv(path, &self.conv1, norm_silu(&self.norm1, x.clone()));
+        let h = apply_conv(path, &self.conv2, norm_silu(&self.norm2, h));
         let x = match &self.shortcut {
-            Some(s) => apply_conv(s, x),
+            Some(s) => apply_conv(path, s, x),
             None => x,
         };
         x + h
@@ -307,38 +274,38 @@ impl<B: ArBackend> AttnBlock<B> {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub(crate) fn forward(&self, path: ConvPath, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let n = self.norm.forward(x.clone());
         // [b, c, h, w] → [b, 1, h·w, c]
         let seq = |t: Tensor<B, 4>| t.reshape([b, c, h * w]).swap_dims(1, 2).unsqueeze_dim::<4>(1);
         let out = attention(
-            seq(apply_conv(&self.q, n.clone())),
-            seq(apply_conv(&self.k, n.clone())),
-            seq(apply_conv(&self.v, n)),
+            seq(apply_conv(path, &self.q, n.clone())),
+            seq(apply_conv(path, &self.k, n.clone())),
+            seq(apply_conv(path, &self.v, n)),
             None,
             None,
             AttentionModuleOptions::default(),
         );
         let out = out.reshape([b, h * w, c]).swap_dims(1, 2).reshape([b, c, h, w]);
-        x + apply_conv(&self.proj_out, out)
+        x + apply_conv(path, &self.proj_out, out)
     }
 }
 
 /// Stride-2 downsampling: pad right and bottom by one, then a 3×3 stride-2 convolution.
-pub(crate) fn downsample<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    apply_conv_padded(conv, x, [0, 1, 0, 1])
+pub(crate) fn downsample<B: ArBackend>(path: ConvPath, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    apply_conv_padded(path, conv, x, [0, 1, 0, 1])
 }
 
 /// Nearest-neighbour ×2 upsampling (built from reshapes, so it differentiates everywhere),
 /// then a 3×3 convolution.
-pub(crate) fn upsample<B: ArBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn upsample<B: ArBackend>(path: ConvPath, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let up = x
         .reshape([b, c, h, 1, w, 1])
         .expand([b, c, h, 2, w, 2])
         .reshape([b, c, 2 * h, 2 * w]);
-    apply_conv(conv, up)
+    apply_conv(path, conv, up)
 }
 
 #[cfg(test)]
@@ -389,7 +356,7 @@ mod tests {
             let c = conv::<A>(c_in, c_out, k, stride, pad, &device);
             let x0 = Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
             let want = value_and_grads(&c, &x0, |x| c.forward(x));
-            let got = value_and_grads(&c, &x0, |x| conv_padded_on(ConvPath::Gemm, &c, x, [pad; 4]));
+            let got = value_and_grads(&c, &x0, |x| apply_conv_padded(ConvPath::Gemm, &c, x, [pad; 4]));
             assert_close(want, got, &format!("{c_in} {c_out} {k} {stride} {h}×{w}"));
         }
     }
@@ -404,7 +371,7 @@ mod tests {
             let x0 = Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
             let want = value_and_grads(&c, &x0, |x| c.forward(x.pad((0, 1, 0, 1), 0.0)));
             for path in [ConvPath::Backend, ConvPath::Gemm] {
-                let got = value_and_grads(&c, &x0, |x| conv_padded_on(path, &c, x, [0, 1, 0, 1]));
+                let got = value_and_grads(&c, &x0, |x| apply_conv_padded(path, &c, x, [0, 1, 0, 1]));
                 assert_close(want.clone(), got, &format!("{path:?} {c_in} {c_out} {h}×{w}"));
             }
         }

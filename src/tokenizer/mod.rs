@@ -12,7 +12,7 @@ mod model;
 mod train;
 mod vqgan;
 
-pub use blocks::{apply_conv, apply_conv_padded, conv_path, set_conv_path, ConvPath};
+pub use blocks::{apply_conv, apply_conv_padded, ConvPath};
 pub use config::{PixelRange, VqganConfig};
 pub use model::{Layout, VqganModel};
 pub use train::{

@@ -7,7 +7,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::{Distribution, Tensor};
 
-use super::blocks::{apply_conv, conv, downsample, norm, norm_silu, upsample, AttnBlock, ResnetBlock};
+use super::blocks::{
+    apply_conv, conv, downsample, norm, norm_silu, upsample, AttnBlock, ConvPath, ResnetBlock,
+};
 use super::config::VqganConfig;
 
 /// One resolution level: ResNet blocks, optional attention after each, optional resampler.
@@ -37,13 +39,13 @@ impl<B: ArBackend> Mid<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.block_1.forward(x);
+    fn forward(&self, path: ConvPath, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = self.block_1.forward(path, x);
         let x = match &self.attn_1 {
-            Some(a) => a.forward(x),
+            Some(a) => a.forward(path, x),
             None => x,
         };
-        self.block_2.forward(x)
+        self.block_2.forward(path, x)
     }
 }
 
@@ -67,6 +69,9 @@ pub struct VqganModel<B: ArBackend> {
     pub(crate) dec_conv_out: Conv2d<B>,
     #[module(skip)]
     pub(crate) config: VqganConfig,
+    /// How the convolutions run.
+    #[module(skip)]
+    pub(crate) conv_path: ConvPath,
 }
 
 impl<B: ArBackend> VqganModel<B> {
@@ -139,6 +144,7 @@ impl<B: ArBackend> VqganModel<B> {
             dec_norm_out: norm(cfg.width(0), g, device),
             dec_conv_out: conv(cfg.width(0), cfg.out_channels, 3, 1, 1, device),
             config: cfg.clone(),
+            conv_path: ConvPath::default(),
         }
     }
 
@@ -150,39 +156,41 @@ impl<B: ArBackend> VqganModel<B> {
     /// Images `[b, C, H, W]` in the model's pixel range → pre-quantisation latents
     /// `[b, embed_dim, H/f, W/f]` (`quant_conv` output).
     pub fn encode_latent(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = apply_conv(&self.enc_conv_in, x);
+        let p = self.conv_path;
+        let mut h = apply_conv(p, &self.enc_conv_in, x);
         let n = self.enc_levels.len();
         for (i, level) in self.enc_levels.iter().enumerate() {
-            h = run_blocks(level, h);
+            h = run_blocks(p, level, h);
             if let Some(c) = &level.resample {
                 debug_assert!(i + 1 < n);
-                h = downsample(c, h);
+                h = downsample(p, c, h);
             }
         }
-        let h = self.enc_mid.forward(h);
-        let h = apply_conv(&self.enc_conv_out, norm_silu(&self.enc_norm_out, h));
-        apply_conv(&self.quant_conv, h)
+        let h = self.enc_mid.forward(p, h);
+        let h = apply_conv(p, &self.enc_conv_out, norm_silu(&self.enc_norm_out, h));
+        apply_conv(p, &self.quant_conv, h)
     }
 
     /// Quantised latents `[b, embed_dim, h, w]` → images `[b, C, H, W]` in the model's range.
     pub fn decode_latent(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = apply_conv(&self.dec_conv_in, apply_conv(&self.post_quant_conv, z));
-        let mut h = self.dec_mid.forward(h);
+        let p = self.conv_path;
+        let h = apply_conv(p, &self.dec_conv_in, apply_conv(p, &self.post_quant_conv, z));
+        let mut h = self.dec_mid.forward(p, h);
         for level in self.dec_levels.iter().rev() {
-            h = run_blocks(level, h);
+            h = run_blocks(p, level, h);
             if let Some(c) = &level.resample {
-                h = upsample(c, h);
+                h = upsample(p, c, h);
             }
         }
-        apply_conv(&self.dec_conv_out, norm_silu(&self.dec_norm_out, h))
+        apply_conv(p, &self.dec_conv_out, norm_silu(&self.dec_norm_out, h))
     }
 }
 
-fn run_blocks<B: ArBackend>(level: &Level<B>, mut h: Tensor<B, 4>) -> Tensor<B, 4> {
+fn run_blocks<B: ArBackend>(p: ConvPath, level: &Level<B>, mut h: Tensor<B, 4>) -> Tensor<B, 4> {
     for (j, block) in level.blocks.iter().enumerate() {
-        h = block.forward(h);
+        h = block.forward(p, h);
         if let Some(a) = level.attns.get(j) {
-            h = a.forward(h);
+            h = a.forward(p, h);
         }
     }
     h

@@ -8,6 +8,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::blocks::ConvPath;
 use super::config::{PixelRange, VqganConfig};
 use super::model::{Layout, PartVisitor, VqganModel};
 use crate::checks::{ensure_finite, ensure_ids_in, expect_dims, read_f32};
@@ -139,6 +140,19 @@ impl<B: ArBackend> Vqgan<B> {
     /// The configuration.
     pub fn config(&self) -> &VqganConfig {
         &self.model.config
+    }
+
+    /// Runs this tokenizer's convolutions on `path` (default [`ConvPath::Gemm`]; both compute
+    /// the same function, for speed comparisons). Kept by training and by
+    /// [`valid`](super::valid).
+    pub fn with_conv_path(mut self, path: ConvPath) -> Self {
+        self.model.conv_path = path;
+        self
+    }
+
+    /// How this tokenizer runs its convolutions.
+    pub fn conv_path(&self) -> ConvPath {
+        self.model.conv_path
     }
 
     fn to_model_range(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
