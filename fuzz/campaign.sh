@@ -12,7 +12,7 @@ lanes=${2:-2}
 shift 2 2>/dev/null || shift $#
 bin="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release"
 all=(safetensors_open pytorch_open llama_config vqgan_config shard_index image_load refiner_load
-    token_file pair_cache checkpoint_state checkpoint_mpk)
+    token_file pair_cache checkpoint_state checkpoint_weights)
 targets=("${@:-${all[@]}}")
 fx=../tests/fixtures
 seed() { # target -> seed files

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use ar_refine::backbone::LlamaConfig;
 use ar_refine::io::{load_image, open_checkpoint, read_token_rows, SafetensorsFile, TensorSource};
 use ar_refine::tokenizer::VqganConfig;
-use ar_refine::train::{load_checkpoint, load_pairs, save_checkpoint, PairMode, TrainState};
+use ar_refine::train::{load_checkpoint, load_pairs, save_checkpoint, FusedAdamW, PairMode, TrainState};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::Tensor;
 
 /// A target's body: one input, any bytes.
@@ -33,7 +33,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("token_file", token_file),
     ("pair_cache", pair_cache),
     ("checkpoint_state", checkpoint_state),
-    ("checkpoint_mpk", checkpoint_mpk),
+    ("checkpoint_weights", checkpoint_weights),
 ];
 
 /// A fresh per-process, per-target directory for the input's files.
@@ -160,7 +160,7 @@ fn checkpoint_template() -> &'static Path {
         let root = dir_for("checkpoint_template");
         let device = Default::default();
         let model = tiny_linear(&device);
-        let mut optim = AdamWConfig::new().init::<Ad, Linear<Ad>>();
+        let mut optim = FusedAdamW::init::<Ad, Linear<Ad>>(0.9, 0.999, 0.0);
         let loss = model.forward(Tensor::<Ad, 2>::ones([2, 4], &device)).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optim.step(1e-3, model, grads);
@@ -169,7 +169,7 @@ fn checkpoint_template() -> &'static Path {
             losses: vec![0.5],
             ..TrainState::start(serde_json::json!({ "fuzz": 1 }), 7)
         };
-        save_checkpoint::<Ad, _, _>(&root, &model, &optim, &state).expect("template checkpoint")
+        save_checkpoint::<Ad, _>(&root, &model, &optim, &state).expect("template checkpoint")
     })
 }
 
@@ -179,7 +179,7 @@ fn checkpoint_with(target: &str, file: &str, data: &[u8], rechecksum: bool) -> P
     let template = checkpoint_template();
     let dir = dir_for(target).join("step-00000001");
     std::fs::create_dir_all(&dir).expect("temporary directory");
-    for f in ["model.mpk", "optim.mpk", "state.json"] {
+    for f in ["model.safetensors", "optim.safetensors", "state.json"] {
         std::fs::copy(template.join(f), dir.join(f)).expect("template file");
     }
     put(&dir, file, data);
@@ -192,26 +192,19 @@ fn checkpoint_with(target: &str, file: &str, data: &[u8], rechecksum: bool) -> P
     dir
 }
 
-/// Loads a checkpoint directory into a fresh `Linear 4 → 3` and AdamW; whether it loaded.
-///
-/// Burn 0.21 panics on some malformed records and `load_checkpoint` catches that panic and
-/// returns `Error::Checkpoint`; libFuzzer's panic hook would abort on the caught panic, so the
-/// hook is set aside for the call. A panic that escapes the loader still reaches libFuzzer's
-/// own `catch_unwind` and aborts there: the property stays "no panic out of the loader".
+/// Loads a checkpoint directory into a fresh `Linear 4 → 3` and the training loops' AdamW;
+/// whether it loaded. The property is "no panic out of the loader": a panic reaches libFuzzer.
 fn load_tiny_checkpoint(dir: &Path) -> bool {
     let device = Default::default();
     let model = tiny_linear(&device);
-    let optim = AdamWConfig::new().init::<Ad, Linear<Ad>>();
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let loaded = load_checkpoint::<Ad, _, _>(dir, model, optim, &device);
-    std::panic::set_hook(hook);
+    let optim = FusedAdamW::init::<Ad, Linear<Ad>>(0.9, 0.999, 0.0);
+    let loaded = load_checkpoint::<Ad, _>(dir, model, optim, &device);
     loaded.is_ok_and(|(m, _, _)| m.num_params() == 15)
 }
 
-/// The bytes as a training checkpoint's `state.json` beside valid weight files. The weight
-/// files differ from process to process (Burn's parameter ids are random), so `@model.mpk@` and
-/// `@optim.mpk@` in the input stand for their checksums.
+/// The bytes as a training checkpoint's `state.json` beside valid weight files;
+/// `@model.safetensors@` and `@optim.safetensors@` in the input stand for their checksums (so
+/// that an input stays valid when the template's files change).
 pub fn checkpoint_state(data: &[u8]) {
     let _ = checkpoint_state_loads(data);
 }
@@ -219,7 +212,7 @@ pub fn checkpoint_state(data: &[u8]) {
 /// [`checkpoint_state`], telling whether the checkpoint loaded.
 pub fn checkpoint_state_loads(data: &[u8]) -> bool {
     let mut text = data.to_vec();
-    for file in ["model.mpk", "optim.mpk"] {
+    for file in ["model.safetensors", "optim.safetensors"] {
         let bytes = std::fs::read(checkpoint_template().join(file)).expect("template file");
         let sum = format!("{:016x}", fnv1a64(&bytes));
         text = replace(&text, format!("@{file}@").as_bytes(), sum.as_bytes());
@@ -243,15 +236,20 @@ fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The bytes as a training checkpoint's `model.mpk` (Burn's named MessagePack), its checksum
-/// recorded in `state.json`.
-pub fn checkpoint_mpk(data: &[u8]) {
-    let _ = checkpoint_mpk_loads(data);
+/// The bytes as a training checkpoint's `model.safetensors`, its checksum recorded in
+/// `state.json`.
+pub fn checkpoint_weights(data: &[u8]) {
+    let _ = checkpoint_weights_loads(data);
 }
 
-/// [`checkpoint_mpk`], telling whether the checkpoint loaded.
-pub fn checkpoint_mpk_loads(data: &[u8]) -> bool {
-    load_tiny_checkpoint(&checkpoint_with("checkpoint_mpk", "model.mpk", data, true))
+/// [`checkpoint_weights`], telling whether the checkpoint loaded.
+pub fn checkpoint_weights_loads(data: &[u8]) -> bool {
+    load_tiny_checkpoint(&checkpoint_with(
+        "checkpoint_weights",
+        "model.safetensors",
+        data,
+        true,
+    ))
 }
 
 /// FNV-1a, 64 bit: the checksum the crate's checkpoint and cache files record for each file

@@ -84,10 +84,10 @@ fn the_hand_made_seeds_are_valid_files() {
     assert_eq!(grid, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
     let state = std::fs::read(root.join("fuzz/seeds/checkpoint_state/state.json")).unwrap();
     assert!(targets::checkpoint_state_loads(&state));
-    let mpk = std::fs::read(root.join("fuzz/seeds/checkpoint_mpk/model.mpk")).unwrap();
-    assert!(targets::checkpoint_mpk_loads(&mpk));
+    let weights = std::fs::read(root.join("fuzz/seeds/checkpoint_weights/model.safetensors")).unwrap();
+    assert!(targets::checkpoint_weights_loads(&weights));
     // and the checks bite: a truncated model file fails
-    assert!(!targets::checkpoint_mpk_loads(&mpk[..mpk.len() / 2]));
+    assert!(!targets::checkpoint_weights_loads(&weights[..weights.len() / 2]));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

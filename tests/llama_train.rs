@@ -90,8 +90,12 @@ fn resume_continues_the_same_loss_curve() {
     }
 
     // A corrupt checkpoint is an error, and so is another config in the same directory.
-    let bytes = std::fs::read(part.join("step-00000010/model.mpk")).unwrap();
-    std::fs::write(part.join("step-00000010/model.mpk"), &bytes[..bytes.len() - 9]).unwrap();
+    let bytes = std::fs::read(part.join("step-00000010/model.safetensors")).unwrap();
+    std::fs::write(
+        part.join("step-00000010/model.safetensors"),
+        &bytes[..bytes.len() - 9],
+    )
+    .unwrap();
     let m = Llama::<B>::new(tiny(), &device).unwrap();
     let err = train_lm(m.clone(), &data, &cfg, Some(&part), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");

@@ -4,7 +4,6 @@ mod atomic;
 mod checksum;
 mod image;
 mod module;
-mod msgpack_scan;
 mod pickle_scan;
 mod pytorch;
 mod safetensors;
@@ -19,7 +18,6 @@ pub use self::safetensors::{
 };
 pub use atomic::write_atomic;
 pub(crate) use checksum::fnv1a64;
-pub(crate) use msgpack_scan::check_claims as check_msgpack_claims;
 pub(crate) use source::check_param_budget;
 pub use source::{open_checkpoint, TensorSource};
 pub use tokens::{read_token_rows, write_token_rows};

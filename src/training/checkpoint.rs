@@ -1,21 +1,38 @@
 //! Training checkpoints: module weights, optimizer state and loop state, written atomically.
 //!
-//! Layout: `DIR/step-00000100/{model.mpk, optim.mpk, state.json}` and `DIR/latest` naming the
-//! newest. A checkpoint directory is assembled under a temporary name and renamed into place,
-//! so a crash never leaves a half-written checkpoint where resume would look; `state.json`
-//! carries checksums of the two weight files.
+//! Layout: `DIR/step-00000100/{model.safetensors, optim.safetensors, state.json}` and
+//! `DIR/latest` naming the newest. `model.safetensors` holds the module's float parameters by
+//! their field path (`blocks.0.attn.query.weight`, f32), `optim.safetensors` the optimizer's
+//! moments of each parameter (`PATH.moment_1`, `PATH.moment_2`), and `state.json` the loop
+//! state, each parameter's optimizer step count and checksums of the two weight files: readable
+//! by any safetensors tool and independent of Burn's record format. A checkpoint directory is
+//! assembled under a temporary name and renamed into place, so a crash never leaves a
+//! half-written checkpoint where resume would look.
 
 use crate::backend::ArAutodiffBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::AutodiffModule;
-use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{AdamWState, AdaptiveMomentumState, Optimizer};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::adamw::FusedAdamW;
+use crate::checks::read_data;
 use crate::error::{Error, Result};
-use crate::io::{fnv1a64, write_atomic};
+use crate::io::{
+    fnv1a64, load_module_tensors, module_tensors, save_safetensors, KeyReport, SafetensorsFile, StoreDtype,
+};
+
+/// The optimizer of the crate's training loops (AdamW with the fused update), whose state a
+/// checkpoint holds.
+pub type TrainOptimizer<M, B> = OptimizerAdaptor<FusedAdamW, M, B>;
+
+/// The optimizer's per-parameter records.
+type OptimRecord<B> = hashbrown::HashMap<ParamId, AdaptorRecord<FusedAdamW, B>>;
 
 /// Loop state saved next to the weights.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -49,17 +66,16 @@ impl TrainState {
 /// Resumes from the newest checkpoint under `dir` when there is one and it was written by a run
 /// with `fresh.identity` (another identity is an [`Error::Config`]: use a new directory);
 /// otherwise returns `model`, `optim` and `fresh` unchanged.
-pub fn resume<B, M, O>(
+pub fn resume<B, M>(
     dir: Option<&Path>,
     model: M,
-    optim: O,
+    optim: TrainOptimizer<M, B>,
     fresh: TrainState,
     device: &B::Device,
-) -> Result<(M, O, TrainState)>
+) -> Result<(M, TrainOptimizer<M, B>, TrainState)>
 where
     B: ArAutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
 {
     if let Some(dir) = dir {
         remove_stale_temporaries(dir);
@@ -124,13 +140,13 @@ struct StateFile {
     format: u32,
     state: TrainState,
     checksums: BTreeMap<String, String>,
+    /// Optimizer steps of each parameter that has optimizer state, by its path.
+    #[serde(default)]
+    optimizer_steps: BTreeMap<String, usize>,
 }
 
-const FORMAT: u32 = 1;
-
-fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
-    NamedMpkBytesRecorder::default()
-}
+/// 2: safetensors + JSON (1 was Burn's MessagePack records, `model.mpk` / `optim.mpk`).
+const FORMAT: u32 = 2;
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
@@ -141,16 +157,15 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Saves `model`, `optim` and `state` as `dir/step-NNNNNNNN` and points `dir/latest` at it.
 /// Returns the checkpoint's directory.
-pub fn save_checkpoint<B, M, O>(
+pub fn save_checkpoint<B, M>(
     dir: impl AsRef<Path>,
     model: &M,
-    optim: &O,
+    optim: &TrainOptimizer<M, B>,
     state: &TrainState,
 ) -> Result<PathBuf>
 where
     B: ArAutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
 {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -159,28 +174,133 @@ where
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let model_bytes = Recorder::<B>::record(&recorder(), model.clone().into_record(), ())
-        .map_err(|e| bad(&tmp, format!("cannot encode the model: {e}")))?;
-    let optim_bytes = Recorder::<B>::record(&recorder(), optim.to_record(), ())
-        .map_err(|e| bad(&tmp, format!("cannot encode the optimizer: {e}")))?;
+    let weights = module_tensors(model)?;
+    let mut moments = OptimMoments::<B> {
+        path: Vec::new(),
+        record: optim.to_record(),
+        tensors: Vec::new(),
+        steps: BTreeMap::new(),
+        error: None,
+    };
+    model.visit(&mut moments);
+    if let Some(e) = moments.error {
+        return Err(e);
+    }
     let mut checksums = BTreeMap::new();
-    for (file, bytes) in [("model.mpk", &model_bytes), ("optim.mpk", &optim_bytes)] {
-        write_atomic(tmp.join(file), bytes)?;
-        checksums.insert(file.to_string(), format!("{:016x}", fnv1a64(bytes)));
+    for (file, tensors) in [(MODEL_FILE, &weights), (OPTIM_FILE, &moments.tensors)] {
+        let path = tmp.join(file);
+        save_safetensors(&path, tensors, StoreDtype::F32)?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        checksums.insert(file.to_string(), format!("{:016x}", fnv1a64(&bytes)));
     }
     let sf = StateFile {
         format: FORMAT,
         state: state.clone(),
         checksums,
+        optimizer_steps: moments.steps,
     };
-    let json = serde_json::to_vec_pretty(&sf).map_err(|e| bad(&tmp, e.to_string()))?;
-    write_atomic(tmp.join("state.json"), &json)?;
+    let json = serde_json::to_vec_pretty(&sf).map_err(|e| Error::json("state.json", e))?;
+    crate::io::write_atomic(tmp.join("state.json"), &json)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    write_atomic(dir.join("latest"), name.as_bytes())?;
+    crate::io::write_atomic(dir.join("latest"), name.as_bytes())?;
     Ok(final_dir)
+}
+
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIM_FILE: &str = "optim.safetensors";
+
+/// Collects the optimizer's moments of every parameter, named by the parameter's path.
+struct OptimMoments<B: ArAutodiffBackend> {
+    path: Vec<String>,
+    record: OptimRecord<B>,
+    tensors: Vec<crate::io::NamedTensor>,
+    steps: BTreeMap<String, usize>,
+    error: Option<Error>,
+}
+
+impl<B: ArAutodiffBackend> ModuleVisitor<B> for OptimMoments<B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(record) = self.record.remove(&param.id) else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        // the record of a rank-D parameter holds rank-D moments (the optimizer made it so)
+        let state: AdamWState<B::InnerBackend, D> = record.into_state::<D>();
+        let name = self.path.join(".");
+        let m = state.momentum;
+        for (suffix, t) in [("moment_1", m.moment_1), ("moment_2", m.moment_2)] {
+            let shape = t.dims().to_vec();
+            match read_data(t).and_then(|d| {
+                d.convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| Error::Backend(format!("{e:?}")))
+            }) {
+                Ok(v) => self.tensors.push((format!("{name}.{suffix}"), shape, v)),
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self.steps.insert(name, m.time);
+    }
+}
+
+/// Reads the optimizer's moments back into records keyed by the parameters' ids.
+struct LoadMoments<'a, B: ArAutodiffBackend> {
+    path: Vec<String>,
+    steps: &'a BTreeMap<String, usize>,
+    report: KeyReport<'a>,
+    record: OptimRecord<B>,
+    device: B::Device,
+    missing: Vec<String>,
+}
+
+impl<B: ArAutodiffBackend> ModuleVisitor<B> for LoadMoments<'_, B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let name = self.path.join(".");
+        let Some(&time) = self.steps.get(&name) else {
+            return;
+        };
+        let shape = param.val().dims();
+        let mut moment = |suffix: &str| {
+            let key = format!("{name}.{suffix}");
+            let t = self
+                .report
+                .take(&key, &shape)
+                .map(|v| Tensor::<B::InnerBackend, D>::from_data(TensorData::new(v, shape), &self.device));
+            if t.is_none() {
+                self.missing.push(key);
+            }
+            t
+        };
+        let (Some(m1), Some(m2)) = (moment("moment_1"), moment("moment_2")) else {
+            return;
+        };
+        let state = AdamWState {
+            momentum: AdaptiveMomentumState::new(time, m1, m2),
+        };
+        self.record
+            .insert(param.id, AdaptorRecord::from_state::<D>(state));
+    }
 }
 
 /// The newest checkpoint under `dir` (from `dir/latest`), or `None` when there is none.
@@ -200,100 +320,71 @@ pub fn latest_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
 /// Loads a checkpoint directory written by [`save_checkpoint`] into `model` and `optim`
 /// (which must have the same structure). Corrupt, truncated or mismatched files are
 /// [`Error::Checkpoint`].
-pub fn load_checkpoint<B, M, O>(
+pub fn load_checkpoint<B, M>(
     path: impl AsRef<Path>,
     model: M,
-    optim: O,
+    optim: TrainOptimizer<M, B>,
     device: &B::Device,
-) -> Result<(M, O, TrainState)>
+) -> Result<(M, TrainOptimizer<M, B>, TrainState)>
 where
     B: ArAutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
 {
     let path = path.as_ref();
     let sf = read_state_file(path)?;
     if sf.format != FORMAT {
         return Err(bad(
             path,
-            format!("checkpoint format {} (this build reads {FORMAT})", sf.format),
+            format!(
+                "checkpoint format {} (this build reads {FORMAT}; format 1, Burn's MessagePack \
+                 records, is not read: start the run again in a new directory)",
+                sf.format
+            ),
         ));
     }
-    let read = |file: &str| -> Result<Vec<u8>> {
+    let open = |file: &str| -> Result<SafetensorsFile> {
         let p = path.join(file);
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         let want = sf
             .checksums
             .get(file)
             .ok_or_else(|| bad(path, format!("state.json has no checksum for {file}")))?;
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         if format!("{:016x}", fnv1a64(&bytes)) != *want {
             return Err(bad(&p, "checksum mismatch: the file is corrupt or was modified"));
         }
-        // Burn's decoder reserves the element counts a record claims: bound them first
-        crate::io::check_msgpack_claims(&bytes)
-            .map_err(|e| bad(&p, format!("not a MessagePack record: {e}")))?;
-        Ok(bytes)
+        drop(bytes);
+        SafetensorsFile::open(&p)
     };
-    let (mut model_bytes, mut optim_bytes) = (Some(read("model.mpk")?), Some(read("optim.mpk")?));
-    // Burn 0.21 panics on some malformed records (a parameter id that does not decode, found by
-    // fuzzing `checkpoint_mpk`) instead of returning its error: such a panic becomes this error.
-    let guarded = |what: &str, f: &mut dyn FnMut() -> Result<()>| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-            .unwrap_or_else(|_| Err(bad(path, format!("{what} is malformed (the decoder panicked)"))))
+    let weights = open(MODEL_FILE)?;
+    let model = load_module_tensors(model, &weights, device)?;
+    let moments = open(OPTIM_FILE)?;
+    let mut load = LoadMoments::<B> {
+        path: Vec::new(),
+        steps: &sf.optimizer_steps,
+        report: KeyReport::new(&moments),
+        record: OptimRecord::<B>::new(),
+        device: device.clone(),
+        missing: Vec::new(),
     };
-    let want = shapes(&model);
-    let mut loaded = None;
-    guarded("the model record", &mut || {
-        let rec = Recorder::<B>::load(&recorder(), model_bytes.take().unwrap_or_default(), device)
-            .map_err(|e| bad(path, format!("model record does not match this model: {e}")))?;
-        loaded = Some(model.clone().load_record(rec));
-        Ok(())
-    })?;
-    let model = loaded.expect("set by the guarded load");
-    let got = shapes(&model);
-    if got != want {
-        let detail = match want.iter().zip(&got).position(|(w, g)| w != g) {
-            Some(i) => format!("parameter {i} has shape {:?}, the model {:?}", got[i], want[i]),
-            None => format!("{} parameters, the model {}", got.len(), want.len()),
-        };
+    model.visit(&mut load);
+    if !load.missing.is_empty() {
         return Err(bad(
-            path,
-            format!("model record does not match this model: {detail}"),
+            &path.join(OPTIM_FILE),
+            format!("no moments (or other shapes) for {}", load.missing.join(", ")),
         ));
     }
-    let mut optim = Some(optim);
-    let mut loaded = None;
-    guarded("the optimizer record", &mut || {
-        let rec = Recorder::<B>::load(&recorder(), optim_bytes.take().unwrap_or_default(), device)
-            .map_err(|e| bad(path, format!("optimizer record does not match: {e}")))?;
-        loaded = optim.take().map(|o| o.load_record(rec));
-        Ok(())
-    })?;
-    let optim = loaded.ok_or_else(|| bad(path, "the optimizer record could not be loaded"))?;
-    Ok((model, optim, sf.state))
-}
-
-/// The shapes of a module's parameters in visiting order.
-fn shapes<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(module: &M) -> Vec<Vec<usize>> {
-    struct Shapes(Vec<Vec<usize>>);
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Shapes {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
-            self.0.push(p.val().dims().to_vec());
-        }
-        fn visit_int<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<B, D, burn::tensor::Int>>,
-        ) {
-            self.0.push(p.val().dims().to_vec());
-        }
-        fn visit_bool<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<B, D, burn::tensor::Bool>>,
-        ) {
-            self.0.push(p.val().dims().to_vec());
-        }
+    let steps_known = load.record.len();
+    let record = std::mem::take(&mut load.record);
+    load.report.finish()?;
+    if steps_known != sf.optimizer_steps.len() {
+        return Err(bad(
+            path,
+            format!(
+                "state.json names {} parameters with optimizer state, the model has {steps_known} of them",
+                sf.optimizer_steps.len()
+            ),
+        ));
     }
-    let mut v = Shapes(Vec::new());
-    module.visit(&mut v);
-    v.0
+    let optim = optim.load_record(record);
+    Ok((model, optim, sf.state))
 }

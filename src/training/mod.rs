@@ -17,7 +17,7 @@ mod schedule;
 pub use adamw::FusedAdamW;
 pub use budget::TimeBudget;
 pub use checkpoint::{
-    checkpoint_due, latest_checkpoint, load_checkpoint, resume, save_checkpoint, TrainState,
+    checkpoint_due, latest_checkpoint, load_checkpoint, resume, save_checkpoint, TrainOptimizer, TrainState,
 };
 pub use clip::clip_grad_norm;
 pub(crate) use run::{run_loop, LoopBody, LoopSettings, StepDone};

@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 
 use super::budget::{Planner, TimeBudget};
-use super::checkpoint::{checkpoint_due, save_checkpoint, TrainState};
+use super::checkpoint::{checkpoint_due, save_checkpoint, TrainOptimizer, TrainState};
 use super::clip::clip_grad_norm;
 use super::schedule::WarmupCosine;
 use crate::backend::ArAutodiffBackend;
@@ -78,17 +78,16 @@ pub(crate) trait LoopBody<B: ArAutodiffBackend, M: AutodiffModule<B>> {
 /// Runs `body` from `state` (fresh or resumed) to the planned total: per step its gradients,
 /// the non-finite check, clipping, the learning rate, the optimizer step, the state (step,
 /// losses, sampler), the time budget, the body's `after`, and checkpoints when due.
-pub(crate) fn run_loop<B, M, O, L>(
+pub(crate) fn run_loop<B, M, L>(
     settings: &LoopSettings<'_>,
     mut model: M,
-    mut optim: O,
+    mut optim: TrainOptimizer<M, B>,
     mut state: TrainState,
     body: &mut L,
-) -> Result<(M, O, TrainState)>
+) -> Result<(M, TrainOptimizer<M, B>, TrainState)>
 where
     B: ArAutodiffBackend,
     M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
     L: LoopBody<B, M>,
 {
     let mut rng = SplitMix64::new(state.rng);

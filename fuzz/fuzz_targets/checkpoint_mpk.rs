@@ -1,7 +1,0 @@
-//! libFuzzer entry for `checkpoint_mpk` (the body is in `fuzz/targets.rs`).
-#![no_main]
-
-#[path = "../targets.rs"]
-mod targets;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::checkpoint_mpk(data));
