@@ -130,7 +130,7 @@ pub fn pair_cache_config() -> serde_json::Value {
     serde_json::json!({ "fuzz": 1 })
 }
 
-/// The bytes as a pair cache: `meta.json`, a zero byte, then `chunk-000000.bin`; loaded by
+/// The bytes as a pair cache: `meta.json`, a zero byte, then `chunk-000000.safetensors`; loaded by
 /// `load_pairs` (teacher-forced mode, [`pair_cache_config`]).
 pub fn pair_cache(data: &[u8]) {
     let dir = dir_for("pair_cache");
@@ -139,7 +139,7 @@ pub fn pair_cache(data: &[u8]) {
         None => (data, &[][..]),
     };
     put(&dir, "meta.json", meta);
-    put(&dir, "chunk-000000.bin", chunk);
+    put(&dir, "chunk-000000.safetensors", chunk);
     let _ = load_pairs(&dir, &PairMode::TeacherForced, &pair_cache_config());
 }
 

@@ -247,7 +247,7 @@ fn sharded_pairs_write_the_one_device_cache() {
     // the cache records the total: make the first chunks with a run over all 20 that stops early
     std::fs::create_dir_all(&part).unwrap();
     for (name, bytes) in read_dir_bytes(&one_dir) {
-        if name == "chunk-000000.bin" || name == "chunk-000001.bin" {
+        if name == "chunk-000000.safetensors" || name == "chunk-000001.safetensors" {
             std::fs::write(part.join(name), bytes).unwrap();
         }
     }

@@ -71,7 +71,7 @@ fn the_hand_made_seeds_are_valid_files() {
     let seed = std::fs::read(root.join("fuzz/seeds/pair_cache/valid-2-pairs")).unwrap();
     let cut = seed.iter().position(|&b| b == 0).unwrap();
     std::fs::write(dir.join("meta.json"), &seed[..cut]).unwrap();
-    std::fs::write(dir.join("chunk-000000.bin"), &seed[cut + 1..]).unwrap();
+    std::fs::write(dir.join("chunk-000000.safetensors"), &seed[cut + 1..]).unwrap();
     let mode = ar_refine::train::PairMode::TeacherForced;
     let pairs = ar_refine::train::load_pairs(&dir, &mode, &targets::pair_cache_config())
         .unwrap()

@@ -136,7 +136,7 @@ fn pairs_training_evaluation_and_report() {
         Err(Error::Checkpoint { .. })
     ));
     std::fs::remove_dir_all(&old).ok();
-    std::fs::write(cache.join("chunk-000000.bin"), b"bad").unwrap();
+    std::fs::write(cache.join("chunk-000000.safetensors"), b"bad").unwrap();
     assert!(matches!(
         generate_pairs(&lm, &train_t, &opts, &device, &mut |_, _| {}),
         Err(Error::Checkpoint { .. })

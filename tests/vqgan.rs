@@ -105,6 +105,17 @@ fn layouts_round_trip<B: ArBackend>(device: &B::Device) {
         );
         std::fs::remove_dir_all(dir).ok();
     }
+    // stored as f16 (read in its stored type, converted once by the backend): the latents move
+    // by about f16's rounding of the weights, far less than a wrong tensor would
+    let dir = std::env::temp_dir().join(format!("ar_refine_vq_f16_{}", std::process::id()));
+    vq.save(&dir, Layout::Diffusers, StoreDtype::F16).unwrap();
+    let file = SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
+    assert_eq!(file.dtype("encoder.conv_in.weight").as_deref(), Some("F16"));
+    let half = Vqgan::<B>::load(dir.join("model.safetensors"), None, device).unwrap();
+    let got = to_vec(half.encode_latents(images).unwrap());
+    let rel = max_diff(&got, &want) / max_abs(&want);
+    assert!(rel > 0.0 && rel < 1e-2, "f16 weights: latent rel err {rel:.2e}");
+    std::fs::remove_dir_all(dir).ok();
 }
 
 fn bad_inputs_are_typed_errors<B: ArBackend>(device: &B::Device) {

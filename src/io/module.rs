@@ -4,7 +4,7 @@
 
 use crate::backend::ArBackend;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::safetensors::KeyReport;
 use super::source::TensorSource;
@@ -79,8 +79,8 @@ impl<B: ArBackend> ModuleMapper<B> for Load<'_, B> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.dims();
         let grad = tensor.is_require_grad();
-        let tensor = match self.report.take(&self.path.join("."), &shape) {
-            Some(v) => Tensor::from_data(TensorData::new(v, shape), &self.device).set_require_grad(grad),
+        let tensor = match self.report.take_data(&self.path.join("."), &shape) {
+            Some(data) => Tensor::from_data(data, &self.device).set_require_grad(grad),
             None => tensor,
         };
         Param::from_mapped_value(id, tensor, mapper)

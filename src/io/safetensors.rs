@@ -441,16 +441,69 @@ pub fn save_safetensors_with_metadata(
         StoreDtype::F16 => Dtype::F16,
         StoreDtype::BF16 => Dtype::BF16,
     };
+    let raw: Vec<RawTensor> = tensors
+        .iter()
+        .zip(&buffers)
+        .map(|((name, shape, _), bytes)| (name.as_str(), st_dtype, shape.clone(), bytes.as_slice()))
+        .collect();
+    write_atomic(path, &serialize_raw(path, &raw, metadata)?)
+}
+
+/// One tensor to serialise: `(name, element type, shape, little-endian bytes)`.
+pub(crate) type RawTensor<'a> = (&'a str, Dtype, Vec<usize>, &'a [u8]);
+
+/// The bytes of a `.safetensors` file holding `tensors` (any element type; the byte count must
+/// match each shape) and string `metadata`; `path` only names the file in errors.
+pub(crate) fn serialize_raw(
+    path: &Path,
+    tensors: &[RawTensor<'_>],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut views = Vec::with_capacity(tensors.len());
-    for ((name, shape, _), bytes) in tensors.iter().zip(&buffers) {
-        let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
+    for (name, dtype, shape, bytes) in tensors {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
             .map_err(|e| checkpoint(path, format!("cannot serialise {name}: {e}")))?;
-        views.push((name.clone(), view));
+        views.push((name.to_string(), view));
     }
     let meta = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::serialize(views, meta)
-        .map_err(|e| checkpoint(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, meta).map_err(|e| checkpoint(path, format!("cannot serialise: {e}")))
+}
+
+/// The data of each tensor in `expected` (`(name, element type, shape)`, in that order) from
+/// the `.safetensors` bytes `bytes`: a tensor missing, of another type or shape, or one not
+/// expected is an [`Error::Checkpoint`] naming `path`.
+pub(crate) fn read_raw<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    expected: &[(&str, Dtype, Vec<usize>)],
+) -> Result<Vec<&'a [u8]>> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+    if st.len() != expected.len() {
+        return Err(checkpoint(
+            path,
+            format!("{} tensors, expected {}", st.len(), expected.len()),
+        ));
+    }
+    expected
+        .iter()
+        .map(|(name, dtype, shape)| {
+            let t = st
+                .tensor(name)
+                .map_err(|_| checkpoint(path, format!("missing tensor {name}")))?;
+            if t.dtype() != *dtype || t.shape() != shape.as_slice() {
+                return Err(checkpoint(
+                    path,
+                    format!(
+                        "tensor {name}: {:?} {:?}, expected {dtype:?} {shape:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(t.data())
+        })
+        .collect()
 }
 
 fn checkpoint(path: &Path, reason: impl Into<String>) -> Error {

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::GroupNorm;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Shape, Tensor};
 
 use super::blocks::ConvPath;
 use super::config::{PixelRange, VqganConfig};
@@ -276,9 +276,12 @@ impl<B: ArBackend> Loader<'_, B> {
         file_shape: &[usize],
         model_shape: [usize; D],
     ) -> Option<Param<Tensor<B, D>>> {
-        self.report
-            .take(key, file_shape)
-            .map(|v| Param::from_tensor(Tensor::from_data(TensorData::new(v, model_shape), &self.device)))
+        // in the stored float type (an f16 checkpoint reaches an f16 backend without an f32
+        // copy); a 1×1 convolution stored as `[out, in]` takes the model's `[out, in, 1, 1]`
+        self.report.take_data(key, file_shape).map(|mut data| {
+            data.shape = Shape::new(model_shape);
+            Param::from_tensor(Tensor::from_data(data, &self.device))
+        })
     }
 }
 

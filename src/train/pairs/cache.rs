@@ -1,8 +1,10 @@
 //! The on-disk pair cache: `meta.json` (format, the producing configuration, chunk list with
-//! checksums) and `chunk-NNNNNN.bin` files, written atomically in prompt order. Format 2 stores
-//! per pair, little-endian: the prompt's codes (`prompt_len` i32), the backbone's codes (`n`
-//! i32), the true codes (`n` i32), the backbone's log-probabilities and entropies (`n` f32 each)
-//! and its top codes (`n · top_k` i32).
+//! checksums) and `chunk-NNNNNN.safetensors` files, written atomically in prompt order. Format 3:
+//! each chunk of `c` pairs holds the tensors `prompts` `[c, prompt_len]` (i32), `generated`
+//! `[c, n]` (i32, the backbone's codes), `truth` `[c, n]` (i32), `log_prob` and `entropy`
+//! `[c, n]` (f32, the backbone's per-token log-probability and entropy) and `top`
+//! `[c, n, top_k]` (i32, its top codes), so any safetensors reader (e.g. Python's
+//! `safetensors.numpy.load_file`) opens a chunk.
 
 use std::path::Path;
 
@@ -11,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{PairMode, PairOptions, Pairs, Scored};
 use crate::data::TokenSentence;
 use crate::error::{Error, Result};
-use crate::io::{fnv1a64, write_atomic};
+use crate::io::{fnv1a64, read_raw, serialize_raw, write_atomic, RawTensor};
+use ::safetensors::Dtype;
 
 #[derive(Serialize, Deserialize)]
 struct Chunk {
@@ -35,13 +38,29 @@ struct Meta {
 }
 
 impl Meta {
-    /// Bytes of one pair in a chunk.
+    /// Bytes of one pair's tensor data in a chunk.
     fn row_bytes(&self) -> usize {
         4 * (self.prompt_len + 2 * self.tokens + 2 * self.tokens + self.tokens * self.top_k)
     }
+
+    /// A chunk of `count` pairs: each tensor's name, element type and shape, in reading order.
+    fn chunk_tensors(&self, count: usize) -> [(&'static str, Dtype, Vec<usize>); 6] {
+        let (p, n, k) = (self.prompt_len, self.tokens, self.top_k);
+        [
+            ("prompts", Dtype::I32, vec![count, p]),
+            ("generated", Dtype::I32, vec![count, n]),
+            ("truth", Dtype::I32, vec![count, n]),
+            ("log_prob", Dtype::F32, vec![count, n]),
+            ("entropy", Dtype::F32, vec![count, n]),
+            ("top", Dtype::I32, vec![count, n, k]),
+        ]
+    }
 }
 
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
+
+/// Room for a chunk's safetensors header (six tensor entries, a few hundred bytes).
+const MAX_HEADER: u64 = 1 << 16;
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
@@ -59,11 +78,19 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
     let old: Meta =
         serde_json::from_slice(&text).map_err(|e| bad(&meta_path, format!("bad meta.json: {e}")))?;
-    if old.format == 1 {
+    if old.format < FORMAT {
         return Err(bad(
             &meta_path,
-            "pair cache format 1 (ar-refine 0.1) lacks the prompts and the backbone's per-token \
-             log-probabilities and entropies that refiners read now; generate the pairs again in a new directory",
+            format!(
+                "pair cache format {} (raw chunks, from an earlier ar-refine) — this build reads format \
+                 {FORMAT} (safetensors chunks{}); generate the pairs again in a new directory",
+                old.format,
+                if old.format == 1 {
+                    ", with the prompts and the backbone's per-token log-probabilities and entropies"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
     if old.format != FORMAT {
@@ -105,14 +132,15 @@ pub fn load_pairs(dir: &Path, mode: &PairMode, config: &serde_json::Value) -> Re
 
 fn read_chunk(path: &Path, c: &Chunk, meta: &Meta, pairs: &mut Pairs) -> Result<()> {
     let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    if size != (c.count * meta.row_bytes()) as u64 {
+    let data = (c.count as u64).checked_mul(meta.row_bytes() as u64);
+    if data.is_none_or(|d| size < d || size > d.saturating_add(MAX_HEADER)) {
         return Err(bad(path, "size mismatch: the chunk is corrupt or truncated"));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if format!("{:016x}", fnv1a64(&bytes)) != c.checksum {
         return Err(bad(path, "checksum mismatch: the chunk is corrupt"));
     }
-    let (p, n) = (meta.prompt_len, meta.tokens);
+    let parts = read_raw(path, &bytes, &meta.chunk_tensors(c.count))?;
     let ints = |b: &[u8]| -> Vec<i64> {
         b.chunks_exact(4)
             .map(|x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]) as i64)
@@ -123,20 +151,19 @@ fn read_chunk(path: &Path, c: &Chunk, meta: &Meta, pairs: &mut Pairs) -> Result<
             .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
             .collect()
     };
-    for row in bytes.chunks_exact(meta.row_bytes()) {
-        let (prompt, rest) = row.split_at(4 * p);
-        let (gen, rest) = rest.split_at(4 * n);
-        let (truth, rest) = rest.split_at(4 * n);
-        let (lp, rest) = rest.split_at(4 * n);
-        let (ent, top) = rest.split_at(4 * n);
-        pairs.prompts.push(ints(prompt));
-        pairs.generated.push(ints(gen));
-        pairs.truth.push(ints(truth));
-        pairs.log_prob.push(floats(lp));
-        pairs.entropy.push(floats(ent));
-        pairs.top.push(ints(top));
-    }
+    let (p, n, k) = (meta.prompt_len, meta.tokens, meta.top_k);
+    pairs.prompts.extend(rows(parts[0], c.count, p).map(ints));
+    pairs.generated.extend(rows(parts[1], c.count, n).map(ints));
+    pairs.truth.extend(rows(parts[2], c.count, n).map(ints));
+    pairs.log_prob.extend(rows(parts[3], c.count, n).map(floats));
+    pairs.entropy.extend(rows(parts[4], c.count, n).map(floats));
+    pairs.top.extend(rows(parts[5], c.count, n * k).map(ints));
     Ok(())
+}
+
+/// The `count` rows of `width` 4-byte values in `bytes` (whose length `read_raw` checked).
+fn rows(bytes: &[u8], count: usize, width: usize) -> impl Iterator<Item = &[u8]> {
+    (0..count).map(move |i| &bytes[4 * width * i..4 * width * (i + 1)])
 }
 
 /// An open cache (or none): what is done, and where the next chunk goes.
@@ -211,16 +238,30 @@ impl<'a> Cache<'a> {
             )));
         }
         if let Some(dir) = self.dir {
-            let file = format!("chunk-{:06}.bin", self.meta.chunks.len());
-            let mut bytes = Vec::with_capacity(part.len() * self.meta.row_bytes());
-            for (i, s) in part.iter().enumerate() {
-                let ints = s.prompt.iter().chain(&scored.generated[i]).chain(&s.target);
-                bytes.extend(ints.flat_map(|v| (*v as i32).to_le_bytes()));
-                let floats = scored.log_prob[i].iter().chain(&scored.entropy[i]);
-                bytes.extend(floats.flat_map(|v| v.to_le_bytes()));
-                bytes.extend(scored.top[i].iter().flat_map(|v| (*v as i32).to_le_bytes()));
-            }
-            write_atomic(dir.join(&file), &bytes)?;
+            let file = format!("chunk-{:06}.safetensors", self.meta.chunks.len());
+            let ints = |rows: &mut dyn Iterator<Item = &Vec<i64>>| -> Vec<u8> {
+                rows.flatten().flat_map(|v| (*v as i32).to_le_bytes()).collect()
+            };
+            let floats = |rows: &[Vec<f32>]| -> Vec<u8> {
+                rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect()
+            };
+            let data = [
+                ints(&mut part.iter().map(|s| &s.prompt)),
+                ints(&mut scored.generated.iter()),
+                ints(&mut part.iter().map(|s| &s.target)),
+                floats(&scored.log_prob),
+                floats(&scored.entropy),
+                ints(&mut scored.top.iter()),
+            ];
+            let layout = self.meta.chunk_tensors(part.len());
+            let raw: Vec<RawTensor> = layout
+                .iter()
+                .zip(&data)
+                .map(|((name, dtype, shape), bytes)| (*name, *dtype, shape.clone(), bytes.as_slice()))
+                .collect();
+            let path = dir.join(&file);
+            let bytes = serialize_raw(&path, &raw, Default::default())?;
+            write_atomic(&path, &bytes)?;
             self.meta.chunks.push(Chunk {
                 file,
                 count: part.len(),
