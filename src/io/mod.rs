@@ -13,7 +13,7 @@ mod tokens;
 pub use self::image::{load_image, rgb_to_tensor, save_image, save_image_grid, tensor_to_rgb};
 pub use self::module::{load_module_tensors, module_tensors, NamedTensor};
 pub use self::pytorch::PytorchFile;
-pub(crate) use self::safetensors::{read_raw, serialize_raw, RawTensor};
+pub(crate) use self::safetensors::{read_raw, safetensors_bytes, serialize_raw, RawTensor};
 pub use self::safetensors::{
     save_safetensors, save_safetensors_with_metadata, KeyReport, SafetensorsFile, StoreDtype,
 };

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use super::safetensors::KeyReport;
 use super::source::TensorSource;
-use crate::checks::read_data;
+use crate::checks::read_f32;
 use crate::error::{Error, Result};
 
 /// One named tensor: `(name, shape, row-major values)`.
@@ -35,11 +35,7 @@ impl<B: ArBackend> ModuleVisitor<B> for Collect {
         }
         let t = param.val();
         let shape = t.dims().to_vec();
-        match read_data(t).and_then(|d| {
-            d.convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| Error::Backend(format!("{e:?}")))
-        }) {
+        match read_f32(t) {
             Ok(v) => self.out.push((self.path.join("."), shape, v)),
             Err(e) => self.error = Some(e),
         }

@@ -414,6 +414,17 @@ pub fn save_safetensors_with_metadata(
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
+    write_atomic(path, &safetensors_bytes(path, tensors, dtype, metadata)?)
+}
+
+/// The bytes [`save_safetensors_with_metadata`] writes (for callers that also checksum them);
+/// `path` only names the file in errors.
+pub(crate) fn safetensors_bytes(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: StoreDtype,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, shape, values) in tensors {
         if shape.iter().product::<usize>() != values.len() {
@@ -446,7 +457,7 @@ pub fn save_safetensors_with_metadata(
         .zip(&buffers)
         .map(|((name, shape, _), bytes)| (name.as_str(), st_dtype, shape.clone(), bytes.as_slice()))
         .collect();
-    write_atomic(path, &serialize_raw(path, &raw, metadata)?)
+    serialize_raw(path, &raw, metadata)
 }
 
 /// One tensor to serialise: `(name, element type, shape, little-endian bytes)`.

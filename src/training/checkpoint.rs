@@ -21,10 +21,11 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::FusedAdamW;
-use crate::checks::read_data;
+use crate::checks::read_f32;
 use crate::error::{Error, Result};
 use crate::io::{
-    fnv1a64, load_module_tensors, module_tensors, save_safetensors, KeyReport, SafetensorsFile, StoreDtype,
+    fnv1a64, load_module_tensors, module_tensors, safetensors_bytes, write_atomic, KeyReport,
+    SafetensorsFile, StoreDtype,
 };
 
 /// The optimizer of the crate's training loops (AdamW with the fused update), whose state a
@@ -189,8 +190,8 @@ where
     let mut checksums = BTreeMap::new();
     for (file, tensors) in [(MODEL_FILE, &weights), (OPTIM_FILE, &moments.tensors)] {
         let path = tmp.join(file);
-        save_safetensors(&path, tensors, StoreDtype::F32)?;
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = safetensors_bytes(&path, tensors, StoreDtype::F32, Default::default())?;
+        write_atomic(&path, &bytes)?;
         checksums.insert(file.to_string(), format!("{:016x}", fnv1a64(&bytes)));
     }
     let sf = StateFile {
@@ -200,12 +201,12 @@ where
         optimizer_steps: moments.steps,
     };
     let json = serde_json::to_vec_pretty(&sf).map_err(|e| Error::json("state.json", e))?;
-    crate::io::write_atomic(tmp.join("state.json"), &json)?;
+    write_atomic(tmp.join("state.json"), &json)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    crate::io::write_atomic(dir.join("latest"), name.as_bytes())?;
+    write_atomic(dir.join("latest"), name.as_bytes())?;
     Ok(final_dir)
 }
 
@@ -243,11 +244,7 @@ impl<B: ArAutodiffBackend> ModuleVisitor<B> for OptimMoments<B> {
         let m = state.momentum;
         for (suffix, t) in [("moment_1", m.moment_1), ("moment_2", m.moment_2)] {
             let shape = t.dims().to_vec();
-            match read_data(t).and_then(|d| {
-                d.convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| Error::Backend(format!("{e:?}")))
-            }) {
+            match read_f32(t) {
                 Ok(v) => self.tensors.push((format!("{name}.{suffix}"), shape, v)),
                 Err(e) => self.error = Some(e),
             }
